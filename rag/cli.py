@@ -1,0 +1,137 @@
+"""The `rag` command. Every subcommand calls `Assistant` (or the indexer); errors are one line, exit code 1."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from rag.settings import Settings
+
+
+def cmd_index(args, settings: Settings) -> int:
+    from rag.index import build_index
+
+    report = build_index(settings, args.paths, rebuild=args.rebuild, skip_bad=args.skip_bad,
+                         progress=not args.json and sys.stderr.isatty() or args.progress)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    for line in report.bad_files:
+        print(f"skipped: {line}", file=sys.stderr)
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(report.summary())
+    return 0
+
+
+def cmd_search(args, settings: Settings) -> int:
+    from rag.assistant import Assistant
+
+    hits = Assistant(settings).search(args.query, k=args.k, mode=args.mode)
+    if args.json:
+        print(json.dumps({"query": args.query, "results": [h.to_dict() for h in hits]}, indent=2, ensure_ascii=False))
+        return 0
+    if not hits:
+        print("No papers found.")
+    for h in hits:
+        print(f"{h.rank:>2}. {h.title}  [{h.score:.3f}]")
+        print(f"    {h.url}")
+        print(f"    {h.snippet[:200]}")
+    return 0
+
+
+def cmd_ui(args, settings: Settings) -> int:
+    from rag.assistant import Assistant
+    from ui.app import launch
+
+    overrides = {k: v for k, v in (("ui_host", args.host), ("ui_port", args.port)) if v is not None}
+    settings = Settings.model_validate({**settings.model_dump(), **overrides})
+    launch(Assistant(settings))
+    return 0
+
+
+def cmd_eval(args, settings: Settings) -> int:
+    from rag.assistant import Assistant
+    from rag.evaluate import evaluate, format_markdown
+
+    if args.backend:
+        settings = Settings.model_validate({**settings.model_dump(), "llm_backend": args.backend})
+    report = evaluate(Assistant(settings), args.file, mode=args.mode, limit=args.limit, answers=not args.search_only,
+                      progress=not args.json)
+    print(json.dumps(report, indent=2) if args.json else format_markdown(report))
+    return 0
+
+
+def cmd_config(args, settings: Settings) -> int:
+    values = settings.masked()
+    if args.json:
+        print(json.dumps(values, indent=2))
+    else:
+        width = max(map(len, values))
+        for name, value in values.items():
+            print(f"RAG_{name.upper():<{width}}  {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rag", description="Cited answers from research-paper abstracts.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("index", help="index corpus files (the bundled corpus when the index is empty)")
+    p.add_argument("paths", nargs="*", help="corpus files or folders to add (.txt page scrape, .json/.jsonl, .csv, .bib)")
+    p.add_argument("--rebuild", action="store_true", help="start from scratch instead of updating")
+    p.add_argument("--skip-bad", action="store_true", help="index the good files and list the bad ones")
+    p.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(run=cmd_index)
+
+    p = sub.add_parser("search", help="find papers")
+    p.add_argument("query")
+    p.add_argument("--k", type=int, default=None, help="number of papers (default RAG_SEARCH_K)")
+    p.add_argument("--mode", choices=["hybrid", "dense", "bm25"], default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_search)
+
+    p = sub.add_parser("ui", help="start the Gradio chat app (http://127.0.0.1:7860 by default)")
+    p.add_argument("--host", default=None, help="address to bind (default RAG_UI_HOST, 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default RAG_UI_PORT, 7860)")
+    p.set_defaults(run=cmd_ui)
+
+    p = sub.add_parser("eval", help="quality and latency on a question set (JSONL)")
+    p.add_argument("file", help="questions, e.g. tests/data/dev.jsonl")
+    p.add_argument("--backend", choices=["llamacpp", "transformers", "openai", "none"], default=None)
+    p.add_argument("--mode", choices=["hybrid", "dense", "bm25"], default=None)
+    p.add_argument("--limit", type=int, default=None, help="first N questions only")
+    p.add_argument("--search-only", action="store_true", help="retrieval metrics only, no answers")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_eval)
+
+    p = sub.add_parser("config", help="print the effective settings (secrets masked)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rag.corpus import CorpusError
+    from rag.index import IndexingError
+    from rag.models import ModelError
+
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings()
+        return args.run(args, settings)
+    except (CorpusError, IndexingError, ModelError, RuntimeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+    except OSError as e:
+        print(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}; the existing index is unchanged",
+              file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted; the existing index is unchanged", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,349 @@
+"""Corpus files -> `Paper`s: one parser per format, strict validation, duplicate merging.
+
+Formats, chosen by file extension:
+- `.txt`: the "trending papers" page scrape (chrome lines, then alternating title / abstract lines);
+- `.json` / `.jsonl`: records with `title`, `abstract` and optional `id`, `url`, `authors`, `year`, `categories`;
+  the arXiv metadata snapshot (JSON lines with `id`, `authors`, `categories`, `update_date`) is this format too;
+- `.csv`: the same columns;
+- `.bib`: BibTeX entries that have an `abstract` field (entries without one are skipped and counted).
+
+A malformed file raises `CorpusError` naming file, line and problem; nothing of that file is used.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+import urllib.parse
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+MAX_FILE_BYTES = 200 * 1024 * 1024
+MAX_LINE_CHARS = 100_000  # a title or abstract longer than this is not an abstract
+MAX_TITLE_CHARS = 400
+MIN_ABSTRACT_CHARS = 80
+SUFFIXES = {".txt": "scrape", ".json": "json", ".jsonl": "json", ".csv": "csv", ".bib": "bibtex"}
+ARXIV_ID = re.compile(r"^(\d{4}\.\d{4,5}|[a-z\-]+(\.[A-Z]{2})?/\d{7})(v\d+)?$")
+
+
+class CorpusError(ValueError):
+    """A corpus file that cannot be used. `str()` is one line: `file:line: problem`."""
+
+    def __init__(self, path: str | Path, line: int | None, problem: str):
+        self.path, self.line, self.problem = str(path), line, problem
+        where = f"{self.path}:{line}" if line else self.path
+        super().__init__(f"{where}: {problem}")
+
+
+@dataclass
+class Paper:
+    id: str
+    title: str
+    abstract: str
+    url: str
+    source: str
+    line: int
+    authors: str = ""
+    year: str = ""
+    categories: str = ""
+    sources: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def normalize(text: str) -> str:
+    """Whitespace folded, for display and hashing."""
+    return " ".join(text.split())
+
+
+def title_key(title: str) -> str:
+    return re.sub(r"[^a-z0-9]+", " ", title.lower()).strip()
+
+
+def paper_id(title: str, abstract: str) -> str:
+    digest = hashlib.sha1(f"{title_key(title)}\n{normalize(abstract).lower()}".encode()).hexdigest()
+    return digest[:16]
+
+
+def paper_url(title: str, url: str = "", arxiv_id: str = "") -> str:
+    """The given url, else the arXiv abstract page, else a title search, so every citation is clickable."""
+    if url and url.startswith(("http://", "https://")):
+        return url
+    if arxiv_id and ARXIV_ID.match(arxiv_id.strip()):
+        return f"https://arxiv.org/abs/{arxiv_id.strip()}"
+    return "https://arxiv.org/search/?" + urllib.parse.urlencode({"query": title, "searchtype": "title"})
+
+
+def make_paper(path: Path, line: int, rec: dict) -> Paper:
+    """Build a Paper from a record; raises CorpusError for a missing or implausible title/abstract."""
+    title = normalize(str(rec.get("title") or ""))
+    abstract = normalize(str(rec.get("abstract") or ""))
+    if not title:
+        raise CorpusError(path, line, "record has no title")
+    if not abstract:
+        raise CorpusError(path, line, f"record {title[:60]!r} has no abstract")
+    if len(title) > MAX_TITLE_CHARS:
+        raise CorpusError(path, line, f"title is {len(title):,} characters (at most {MAX_TITLE_CHARS})")
+    if len(abstract) > MAX_LINE_CHARS:
+        raise CorpusError(path, line, f"abstract is {len(abstract):,} characters (at most {MAX_LINE_CHARS:,})")
+    authors = rec.get("authors") or ""
+    if isinstance(authors, list):
+        authors = ", ".join(a if isinstance(a, str) else " ".join(map(str, a)) for a in authors)
+    categories = rec.get("categories") or ""
+    if isinstance(categories, list):
+        categories = " ".join(map(str, categories))
+    year = str(rec.get("year") or "")
+    if not year and rec.get("update_date"):
+        year = str(rec["update_date"])[:4]
+    ident = str(rec.get("id") or "")
+    return Paper(
+        id=paper_id(title, abstract),
+        title=title,
+        abstract=abstract,
+        url=paper_url(title, str(rec.get("url") or ""), ident),
+        source=path.name,
+        line=line,
+        authors=normalize(str(authors)),
+        year=year,
+        categories=normalize(str(categories)),
+    )
+
+
+def read_text(path: Path) -> str:
+    """File text, refusing what is not a UTF-8 text file with one clear line."""
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise CorpusError(path, None, f"cannot read: {e.strerror or e}") from None
+    if size == 0:
+        raise CorpusError(path, None, "file is empty")
+    if size > MAX_FILE_BYTES:
+        raise CorpusError(path, None, f"file is {size / 2**20:.0f} MB (at most {MAX_FILE_BYTES // 2**20} MB)")
+    data = path.read_bytes()
+    if b"\x00" in data[:8192]:
+        raise CorpusError(path, None, "binary file (NUL bytes), not a text corpus")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise CorpusError(path, line, f"not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+    for number, line_text in enumerate(text.splitlines(), 1):
+        if len(line_text) > MAX_LINE_CHARS:
+            raise CorpusError(path, number, f"line is {len(line_text):,} characters (at most {MAX_LINE_CHARS:,})")
+    if not text.strip():
+        raise CorpusError(path, None, "file is empty")
+    return text
+
+
+# --- page scrape -----------------------------------------------------------------------------------------------
+
+CHROME_LINES = {
+    "get trending papers in your email inbox once a day!",
+    "get trending papers in your email inbox!",
+    "subscribe",
+    "new",
+    "byak and the research community",
+}
+DATE_LINE = re.compile(r"^(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]* \d{1,2}(, \d{4})?$")
+
+
+def parse_scrape(path: Path) -> list[Paper]:
+    lines = []
+    for number, raw in enumerate(read_text(path).splitlines(), 1):
+        text = raw.strip()
+        if not text or text.lower() in CHROME_LINES or DATE_LINE.match(text):
+            continue
+        if text.startswith("Subscribe") and len(text) > len("Subscribe") and not lines:
+            text = text[len("Subscribe") :].strip()  # the page glues the button label to the first title
+        lines.append((number, text))
+    if not lines:
+        raise CorpusError(path, None, "no papers found (only page chrome)")
+    papers = []
+    i = 0
+    while i < len(lines):
+        t_line, title = lines[i]
+        if i + 1 >= len(lines):
+            raise CorpusError(path, t_line, f"title {title[:60]!r} has no abstract (end of file)")
+        a_line, abstract = lines[i + 1]
+        if len(title) > MAX_TITLE_CHARS:
+            raise CorpusError(path, t_line, "expected a title, found a long line (abstract without title?)")
+        if len(abstract) < MIN_ABSTRACT_CHARS:
+            raise CorpusError(path, t_line, f"title {title[:60]!r} has no abstract (next line is a title)")
+        papers.append(make_paper(path, t_line, {"title": title, "abstract": abstract}))
+        i += 2
+    return papers
+
+
+# --- JSON / JSONL ----------------------------------------------------------------------------------------------
+
+
+def parse_json(path: Path) -> list[Paper]:
+    text = read_text(path)
+    stripped = text.lstrip()
+    records: list[tuple[int, object]] = []
+    if stripped.startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise CorpusError(path, e.lineno, f"invalid JSON: {e.msg}") from None
+        # line numbers of array items are not kept by json; report the item's position instead
+        records = [(n, rec) for n, rec in enumerate(data, 1)]
+        where = "item"
+    else:
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append((number, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise CorpusError(path, number, f"invalid JSON line: {e.msg}") from None
+        where = "line"
+    papers = []
+    for number, rec in records:
+        if not isinstance(rec, dict):
+            raise CorpusError(path, number, f"{where} {number} is not a JSON object")
+        for key in ("title", "abstract"):
+            if key not in rec:
+                raise CorpusError(path, number, f"{where} {number} has no {key!r} field")
+        papers.append(make_paper(path, number, rec))
+    if not papers:
+        raise CorpusError(path, None, "no records found")
+    return papers
+
+
+# --- CSV -------------------------------------------------------------------------------------------------------
+
+
+def parse_csv(path: Path) -> list[Paper]:
+    text = read_text(path)
+    reader = csv.DictReader(io.StringIO(text))
+    columns = {c.strip().lower() for c in reader.fieldnames or []}
+    missing = {"title", "abstract"} - columns
+    if missing:
+        raise CorpusError(path, 1, f"header has no {' or '.join(sorted(missing))} column")
+    papers = []
+    try:
+        for row in reader:
+            rec = {(k or "").strip().lower(): v for k, v in row.items()}
+            papers.append(make_paper(path, reader.line_num, rec))
+    except csv.Error as e:
+        raise CorpusError(path, reader.line_num, f"invalid CSV: {e}") from None
+    if not papers:
+        raise CorpusError(path, None, "no records found")
+    return papers
+
+
+# --- BibTeX ----------------------------------------------------------------------------------------------------
+
+BIB_ENTRY = re.compile(r"@(\w+)\s*\{", re.M)
+BIB_FIELD = re.compile(r"\s*([\w\-]+)\s*=\s*", re.M)
+
+
+def _bib_value(body: str, pos: int) -> tuple[str, int]:
+    """Read one field value ({...}, "..." or a bare word) starting at pos; returns (value, end)."""
+    if body[pos] == "{":
+        depth, i = 0, pos
+        while i < len(body):
+            depth += {"{": 1, "}": -1}.get(body[i], 0)
+            if depth == 0:
+                return body[pos + 1 : i], i + 1
+            i += 1
+        raise ValueError("unbalanced braces")
+    if body[pos] == '"':
+        end = body.find('"', pos + 1)
+        if end < 0:
+            raise ValueError("unterminated quote")
+        return body[pos + 1 : end], end + 1
+    m = re.match(r"[^,\s}]+", body[pos:])
+    return (m.group(0) if m else ""), pos + (m.end() if m else 0)
+
+
+def parse_bibtex(path: Path) -> list[Paper]:
+    text = read_text(path)
+    papers, skipped = [], 0
+    for m in BIB_ENTRY.finditer(text):
+        if m.group(1).lower() in ("comment", "string", "preamble"):
+            continue
+        line = text.count("\n", 0, m.start()) + 1
+        pos = text.find(",", m.end())
+        if pos < 0:
+            raise CorpusError(path, line, "entry has no key")
+        fields: dict[str, str] = {}
+        try:
+            while True:
+                f = BIB_FIELD.match(text, pos + 1)
+                if not f:
+                    break
+                value, pos = _bib_value(text, f.end())
+                fields[f.group(1).lower()] = re.sub(r"[{}]", "", value)
+                while pos < len(text) and text[pos] in " \t\r\n":
+                    pos += 1
+                if pos >= len(text) or text[pos] != ",":
+                    break
+        except (ValueError, IndexError) as e:
+            raise CorpusError(path, line, f"malformed entry: {e}") from None
+        if "abstract" not in fields:
+            skipped += 1
+            continue
+        arxiv = fields.get("eprint", "") if fields.get("archiveprefix", "").lower() == "arxiv" else ""
+        rec = {**fields, "id": arxiv, "url": fields.get("url", "")}
+        papers.append(make_paper(path, line, rec))
+    if not papers:
+        why = f" ({skipped} entries without an abstract field)" if skipped else ""
+        raise CorpusError(path, None, f"no BibTeX entries with an abstract{why}")
+    return papers
+
+
+PARSERS = {"scrape": parse_scrape, "json": parse_json, "csv": parse_csv, "bibtex": parse_bibtex}
+
+
+def parse_file(path: str | Path) -> list[Paper]:
+    """Parse one corpus file by its extension; raises CorpusError."""
+    path = Path(path)
+    kind = SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise CorpusError(path, None, f"unsupported file type {path.suffix!r} (use {', '.join(SUFFIXES)})")
+    return PARSERS[kind](path)
+
+
+def corpus_files(paths: list[str | Path]) -> list[Path]:
+    """Files named, and supported files inside folders named, in a stable order."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUFFIXES)
+        elif p.exists():
+            out.append(p)
+        else:
+            raise CorpusError(p, None, "no such file or folder")
+    return out
+
+
+def merge(papers: list[Paper]) -> tuple[list[Paper], list[str]]:
+    """One paper per normalized title.
+
+    The same title with the same abstract (43 titles of the bundled corpus appear in several scrapes) is one paper
+    listing every source. The same title with a different abstract (one bundled paper: a revised abstract) keeps the
+    longer abstract, the more complete version, and the choice is reported as a note.
+    """
+    by_title: dict[str, Paper] = {}
+    notes = []
+    for p in papers:
+        key = title_key(p.title)
+        where = f"{p.source}:{p.line}"
+        kept = by_title.get(key)
+        if kept is None:
+            p.sources = [where]
+            by_title[key] = p
+            continue
+        kept.sources.append(where)
+        if kept.abstract != p.abstract:
+            if len(p.abstract) > len(kept.abstract):
+                p.sources = kept.sources
+                by_title[key] = kept = p
+            notes.append(f"{p.title!r}: two different abstracts; kept the longer one ({kept.source}:{kept.line})")
+    return list(by_title.values()), notes

@@ -1,0 +1,150 @@
+"""Evidence: the sentences of the top papers that best answer the question, scored, and the refusal decision.
+
+A sentence's score mixes four signals (weights and threshold calibrated on the dev set, see README "Calibration"):
+- meaning: cosine between question and sentence (the embedding model);
+- words: the share of the question's content words (stemmed) found in the sentence or its paper's title;
+- numbers: a bonus when the question asks for a quantity and the sentence states one;
+- rank: a small prior for papers the search ranked higher.
+The question is refused when no sentence reaches the threshold, or when it asks for a kind of fact that abstracts
+rarely state (authors, year, venue, licence, hardware, money) and no evidence holds that kind of fact.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+from rag.sentences import split_sentences
+
+W_MEANING, W_WORDS, W_NUMBERS, W_RANK = 0.5, 0.4, 0.1, 0.1
+
+STOPWORDS = set("""
+a about above after again against all also am an and any are aren as at be because been before being below between
+both but by can could did do does doing down during each few for from further had has have having he her here hers
+him his how i if in into is it its itself just me more most my no nor not now of off on once only or other our ours
+out over own same she should so some such than that the their theirs them then there these they this those through to
+too under until up very was we were what when where which while who whom why will with would you your yours
+paper papers work works study studies approach approaches method methods propose proposed proposes use used using
+show shows based new way ways one two kind any anything something here corpus say says tell find
+""".split())
+
+NUMBER = re.compile(r"\d")
+QUANTITY_QUESTION = re.compile(r"\b(how (many|much|large|big|fast|long|often)|what (percentage|fraction|number|"
+                               r"size|accuracy|score)|by how|which (size|number))\b", re.I)
+
+# Kinds of fact that abstracts rarely state: (what the question asks, what evidence must show to answer it).
+FACT_KINDS = {
+    "authors": (re.compile(r"\b(who (wrote|authored|are the authors|is the author)|authors? of|written by)\b", re.I),
+                re.compile(r"\bauthors?:|\bet al\b", re.I)),
+    "year": (re.compile(r"\b((what|which) year|when was .* (published|released)|publication (date|year))\b", re.I),
+             re.compile(r"\b(19|20)\d\d\b")),
+    "venue": (re.compile(r"\b(which|what) (venue|conference|journal)\b|\bpublished (at|in) which\b", re.I),
+              re.compile(r"\b(NeurIPS|ICML|ICLR|ACL|EMNLP|NAACL|CVPR|ICCV|ECCV|AAAI|IJCAI|KDD|SIGIR|conference|"
+                         r"journal|workshop|proceedings)\b", re.I)),
+    "licence": (re.compile(r"\blicen[cs]e[ds]?\b", re.I), re.compile(r"\b(licen[cs]e|MIT|Apache|GPL|CC[- ]BY)\b")),
+    "hardware": (re.compile(r"\b(what|which) (gpus?|tpus?|hardware|accelerators?)\b|\bhardware\b", re.I),
+                 re.compile(r"\b(GPUs?|TPUs?|A100|H100|V100|A6000|RTX|hardware)\b")),
+    "money": (re.compile(r"\bhow much money\b|\bcost to train\b|\bwhat did .* cost\b|\bprice\b|\bin dollars\b", re.I),
+              re.compile(r"\$\s?\d|\b(USD|dollars?)\b", re.I)),
+}
+
+
+@dataclass
+class Evidence:
+    n: int
+    paper_id: str
+    title: str
+    url: str
+    quote: str
+    score: float
+    rank: int  # the paper's rank in the search
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@lru_cache(maxsize=1)
+def _stemmer():
+    import Stemmer
+
+    return Stemmer.Stemmer("english")
+
+
+def content_terms(text: str) -> set[str]:
+    """Stemmed, lower-cased content words and numbers of a text."""
+    words = [w for w in re.findall(r"[a-z0-9]+(?:[.,-][a-z0-9]+)*", text.lower()) if w not in STOPWORDS]
+    return set(_stemmer().stemWords(words))
+
+
+def asked_kind(question: str) -> str | None:
+    for kind, (asks, _) in FACT_KINDS.items():
+        if asks.search(question):
+            return kind
+    return None
+
+
+def paper_sentences(paper: dict) -> list[str]:
+    """The abstract's sentences, plus metadata lines where the corpus gave authors or a year."""
+    out = split_sentences(paper["abstract"])
+    if paper.get("authors"):
+        out.append(f"Authors: {paper['authors']}.")
+    if paper.get("year"):
+        out.append(f"Year: {paper['year']}.")
+    return out
+
+
+def score_sentences(question: str, hits: list, papers: dict[str, dict], embed) -> list[Evidence]:
+    """Every sentence of the hit papers, scored against the question, best first (n is not yet assigned).
+
+    `embed(texts) -> list[vector]` gives normalized vectors; the question is embedded with the sentences.
+    """
+    rows = []
+    for hit in hits:
+        paper = papers[hit.paper_id]
+        for sentence in paper_sentences(paper):
+            rows.append((hit, paper, sentence))
+    if not rows:
+        return []
+    vectors = embed([question] + [s for _, _, s in rows])
+    q_vec = vectors[0]
+    q_terms = content_terms(question)
+    wants_number = bool(QUANTITY_QUESTION.search(question))
+    title_terms = {hit.paper_id: content_terms(papers[hit.paper_id]["title"]) for hit in hits}
+    out = []
+    for (hit, paper, sentence), vec in zip(rows, vectors[1:]):
+        meaning = sum(a * b for a, b in zip(q_vec, vec))
+        s_terms = content_terms(sentence)
+        words = len(q_terms & (s_terms | title_terms[hit.paper_id])) / max(1, len(q_terms))
+        numbers = 1.0 if wants_number and NUMBER.search(sentence) else 0.0
+        score = W_MEANING * meaning + W_WORDS * words + W_NUMBERS * numbers + W_RANK / hit.rank
+        out.append(Evidence(0, hit.paper_id, paper["title"], paper["url"], sentence, round(score, 4), hit.rank))
+    out.sort(key=lambda e: -e.score)
+    return out
+
+
+def select(scored: list[Evidence], per_paper: int, limit: int, threshold: float) -> list[Evidence]:
+    """The best sentences above the threshold, at most per_paper from one paper, numbered 1..n best first."""
+    chosen, count = [], {}
+    for ev in scored:
+        if ev.score < threshold:
+            break
+        if count.get(ev.paper_id, 0) >= per_paper:
+            continue
+        count[ev.paper_id] = count.get(ev.paper_id, 0) + 1
+        chosen.append(ev)
+        if len(chosen) == limit:
+            break
+    for n, ev in enumerate(chosen, 1):
+        ev.n = n
+    return chosen
+
+
+def refusal_reason(question: str, evidence: list[Evidence]) -> str | None:
+    """Why the evidence cannot answer the question, or None when it can."""
+    if not evidence:
+        return "no passage of the indexed abstracts is close enough to the question"
+    kind = asked_kind(question)
+    if kind and not any(FACT_KINDS[kind][1].search(ev.quote) for ev in evidence):
+        return f"the question asks for {kind}, which the indexed abstracts do not state"
+    return None

