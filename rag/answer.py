@@ -115,7 +115,8 @@ def run(
     timings["evidence"] = time.perf_counter() - t
     answer = Answer(question=question, text="", refused=False, evidence=evidence, backend=backend, query=query)
 
-    reason = refusal_reason(question, evidence)
+    reason = refusal_reason(question, evidence, searcher.vocabulary, settings.refuse_threshold,
+                            settings.unknown_share)
     if reason:
         answer.refused, answer.evidence, answer.closest = True, [], hits[:3]
         answer.text = refusal_text(reason, answer.closest)

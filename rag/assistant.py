@@ -79,7 +79,7 @@ class Assistant:
         with self._llm_lock:
             yield from answering.run(
                 question, history, settings=self.settings, searcher=self.searcher,
-                embed=embedder.get_text_embedding_batch, llm=llm, backend=describe(self.settings), k=k, mode=mode,
+                embed=embedder.get_text_embedding_batch, llm=llm, backend=self.describe_llm(), k=k, mode=mode,
             )
 
     def ask(self, question: str, history: list | None = None, k: int | None = None,
@@ -95,6 +95,11 @@ class Assistant:
         self.reload()
         return report
 
+    def describe_llm(self) -> str:
+        if self._llm_given:
+            return f"custom: {self._llm.metadata.model_name}"
+        return describe(self.settings)
+
     def status(self) -> dict:
         """Index and LLM facts for status lines."""
         s = self.searcher
@@ -104,7 +109,7 @@ class Assistant:
             "embed_model": s.manifest["embed_model"],
             "built_at": s.manifest.get("built_at", ""),
             "index_dir": str(self.settings.index_dir),
-            "llm": describe(self.settings),
+            "llm": self.describe_llm(),
         }
 
     def sources(self) -> list[dict]:

@@ -18,6 +18,7 @@ from functools import lru_cache
 from rag.sentences import split_sentences
 
 W_MEANING, W_WORDS, W_NUMBERS, W_RANK = 0.5, 0.4, 0.1, 0.1
+STRONG_MATCH = 0.6  # evidence this close answers the question even if some of its words are new to the corpus
 
 STOPWORDS = set("""
 a about above after again against all also am an and any are aren as at be because been before being below between
@@ -25,6 +26,7 @@ both but by can could did do does doing down during each few for from further ha
 him his how i if in into is it its itself just me more most my no nor not now of off on once only or other our ours
 out over own same she should so some such than that the their theirs them then there these they this those through to
 too under until up very was we were what when where which while who whom why will with would you your yours
+much many
 paper papers work works study studies approach approaches method methods propose proposed proposes use used using
 show shows based new way ways one two kind any anything something here corpus say says tell find
 """.split())
@@ -71,10 +73,14 @@ def _stemmer():
     return Stemmer.Stemmer("english")
 
 
+def content_words(text: str) -> list[str]:
+    """Lower-cased words and numbers of a text, stop words left out (hyphenated words split)."""
+    return [w for w in re.findall(r"[a-z]+|\d+(?:[.,]\d+)*", text.lower()) if w not in STOPWORDS]
+
+
 def content_terms(text: str) -> set[str]:
-    """Stemmed, lower-cased content words and numbers of a text."""
-    words = [w for w in re.findall(r"[a-z0-9]+(?:[.,-][a-z0-9]+)*", text.lower()) if w not in STOPWORDS]
-    return set(_stemmer().stemWords(words))
+    """Stemmed content words and numbers of a text."""
+    return set(_stemmer().stemWords(content_words(text)))
 
 
 def asked_kind(question: str) -> str | None:
@@ -140,10 +146,29 @@ def select(scored: list[Evidence], per_paper: int, limit: int, threshold: float)
     return chosen
 
 
-def refusal_reason(question: str, evidence: list[Evidence]) -> str | None:
-    """Why the evidence cannot answer the question, or None when it can."""
-    if not evidence:
+def topic_words(question: str, vocabulary) -> tuple[list[str], list[str]]:
+    """(the question's words of 3+ characters with a letter, those that occur nowhere in the corpus), compared
+    stemmed and split like the BM25 tokenizer splits ("Llama2-70B" -> "llama2", "70b")."""
+    tokens = re.findall(r"[a-z0-9]{3,}", question.lower())
+    words = list(dict.fromkeys(w for w in tokens if w not in STOPWORDS and not w[0].isdigit()))
+    stems = _stemmer().stemWords(words)
+    return words, [w for w, s in zip(words, stems) if s not in vocabulary]
+
+
+def refusal_reason(question: str, evidence: list[Evidence], vocabulary, refuse_below: float,
+                   unknown_share: float) -> str | None:
+    """Why the evidence cannot answer the question, or None when it can.
+
+    Three checks: the best sentence must score at least `refuse_below`; the question's own topic words must occur
+    in the corpus (a question about "homomorphic encryption" in a corpus that never says "homomorphic" is about
+    something absent, however close the nearest sentence looks); and a question asking for a kind of fact abstracts
+    rarely state needs evidence that states one.
+    """
+    if not evidence or evidence[0].score < refuse_below:
         return "no passage of the indexed abstracts is close enough to the question"
+    words, unknown = topic_words(question, vocabulary)
+    if words and len(unknown) / len(words) >= unknown_share and evidence[0].score < STRONG_MATCH:
+        return f"the indexed papers never mention {', '.join(repr(w) for w in unknown[:3])}"
     kind = asked_kind(question)
     if kind and not any(FACT_KINDS[kind][1].search(ev.quote) for ev in evidence):
         return f"the question asks for {kind}, which the indexed abstracts do not state"

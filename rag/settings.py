@@ -24,14 +24,18 @@ class Settings(BaseSettings):
     chunk_tokens: int = Field(256, description="Largest chunk, in embedding-model tokens (the model's window is 256).")
 
     search_k: int = Field(10, description="Papers returned by a search.")
-    search_mode: Mode = Field("hybrid", description="Retrieval: hybrid (dense + BM25, fused by RRF), dense or bm25.")
+    search_mode: Mode = Field("hybrid", description="Retrieval: hybrid (dense + BM25, score fusion), dense or bm25.")
     candidates: int = Field(40, description="Chunks each retriever returns before fusion.")
-    rrf_k: int = Field(60, description="Reciprocal-rank-fusion constant.")
+    dense_weight: float = Field(0.4, description="Weight of dense scores in hybrid fusion (BM25 gets the rest).")
 
     answer_papers: int = Field(5, description="Top papers whose sentences are scored as evidence.")
-    evidence_per_paper: int = Field(2, description="Evidence sentences kept per paper.")
+    evidence_per_paper: int = Field(3, description="Evidence sentences kept per paper.")
     evidence_max: int = Field(5, description="Evidence sentences shown to the LLM and quoted in the answer.")
-    evidence_threshold: float = Field(0.40, description="Lowest evidence score that counts (calibrated on the dev set).")
+    evidence_threshold: float = Field(0.30, description="Lowest score of a sentence kept as evidence (calibrated).")
+    refuse_threshold: float = Field(0.35, description="Refuse when the best evidence scores below this (calibrated).")
+    unknown_share: float = Field(
+        0.15, description="Refuse when this share of the question's words occurs nowhere in the corpus (calibrated)."
+    )
 
     llm_backend: Backend = Field("llamacpp", description="Answer generator: llamacpp, transformers, openai or none.")
     llm_model: str = Field(

@@ -1,0 +1,262 @@
+"""Benchmarks: indexing, query latency, scale and retrieval quality, each against a baseline measured in the same run.
+
+    .venv/bin/python bench/run.py [--quick] [--skip-scale] [--sections indexing,query,quality,scale]
+
+Every measured task runs in its own process (bench/worker.py), so wall time and peak RSS are per run. Results go to
+bench/results/<section>.json (<section>-quick.json with --quick) with the machine and date; the Markdown tables are
+printed and written to bench/results/tables.md (tables-quick.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import RESULTS, ROOT, dir_mb, machine, ms, ratio, run_worker, save, secs, table
+
+SECTIONS = ("indexing", "query", "quality", "scale")
+
+
+def indexing(work: Path, info: dict) -> tuple[dict, str]:
+    """Cold `build_index` vs the plain llama-index recipe, a no-op re-index, and where our time goes."""
+    ours_dir, plain_dir = work / "index-ours", work / "index-plain"
+    plain = run_worker("index-plain", plain_dir, workdir=work)
+    cold = run_worker("index-ours", ours_dir, workdir=work)
+    again = run_worker("index-ours", ours_dir, workdir=work)
+    data = {"machine": info, "plain": plain, "ours_cold": cold, "ours_reindex": again, "index_dir": str(ours_dir),
+            "plain_dir": str(plain_dir)}
+    r = cold["report"]
+
+    def row(name: str, run: dict, papers: int, chunks: int) -> list:
+        return [name, secs(run["process_seconds"]), secs(run["cpu_seconds"]), secs(run["build_seconds"]),
+                f"{run['peak_rss_mb']:.0f} MB", papers, chunks, ratio(run["process_seconds"], plain["process_seconds"]),
+                ratio(run["cpu_seconds"], plain["cpu_seconds"]), ratio(run["peak_rss_mb"], plain["peak_rss_mb"])]
+
+    rows = [row("plain llama-index recipe (baseline)", plain, plain["papers"], plain["chunks"]),
+            row("ours, cold `build_index`", cold, r["papers"], r["chunks"]),
+            row("ours, re-index with nothing changed", again, again["report"]["papers"], again["report"]["chunks"])]
+    md = ["### Indexing the bundled corpus", "",
+          "Process = wall time of the whole command in a fresh process (interpreter, imports, model load, build, "
+          "exit); CPU = its user + system time; build = the indexing call alone (wall). Peak RSS of that process. "
+          "Ratios against the plain recipe: title + abstract Documents, default SentenceSplitter, "
+          "HuggingFaceEmbedding over the same bundled model, `VectorStoreIndex.from_documents` into Chroma.", "",
+          table(["run", "process", "CPU", "build", "peak RSS", "papers", "chunks", "process vs plain",
+                 "CPU vs plain", "RSS vs plain"], rows)]
+    steps = [("interpreter + imports + exit", cold["process_seconds"] - r["seconds"]),
+             ("parse + chunk + model load", r["seconds"] - r["embed_seconds"] - r["store_seconds"]
+              - r["bm25_seconds"]),
+             ("embed (model)", r["embed_seconds"]), ("store (Chroma add)", r["store_seconds"]),
+             ("BM25 (read back + build + save)", r["bm25_seconds"])]
+    md += ["", "Where a cold `rag index` spends its time (share of the process wall time):", "",
+           table(["step", "seconds", "share"], [[name, f"{s:.2f}", f"{s / cold['process_seconds']:.0%}"]
+                                                for name, s in steps])]
+    return data, "\n".join(md)
+
+
+def query(work: Path, info: dict, index_dir: Path, plain_dir: Path, n_ask: int) -> tuple[dict, str]:
+    """Warm search latency per mode vs the plain retriever; answer latency vs the plain query engine."""
+    q = run_worker("query", index_dir, plain_dir, n_ask, workdir=work)
+    data = {"machine": info, **q}
+    base = q["search"]["plain"]["p50"]
+    names = {"plain": "plain llama-index retriever, top 10 chunks (baseline)", "hybrid": "ours, hybrid",
+             "dense": "ours, dense", "bm25": "ours, bm25"}
+    rows = [[names[m], ms(s["p50"]), ms(s["p95"]), ratio(s["p50"], base)]
+            for m, s in [("plain", q["search"]["plain"])] + [(m, q["search"][m]) for m in ("hybrid", "dense", "bm25")]]
+    ours, plain = q["ask"], q["ask_plain"]
+    ask_rows = [
+        ["plain query engine: top 2 chunks, default prompt (baseline)", plain["questions"],
+         secs(plain["first_token"]["p50"]), secs(plain["first_token"]["p50"]), secs(plain["total"]["p50"]),
+         secs(plain["total"]["p95"]), "×1.00"],
+        ["ours: `Assistant.stream`", ours["questions"], secs(ours["first_token"]["p50"]),
+         secs(ours["first_text"]["p50"]), secs(ours["total"]["p50"]), secs(ours["total"]["p95"]),
+         ratio(ours["total"]["p50"], plain["total"]["p50"])],
+    ]
+    md = ["### Query latency (bundled corpus, warm)", "",
+          f"Search: {q['search']['hybrid']['n']} dev questions per mode after 3 warm-up searches, k=10 papers, "
+          "query embedding included. Ratios of p50 against the plain llama-index retriever (HuggingFaceEmbedding).", "",
+          table(["search", "p50", "p95", "p50 vs plain"], rows), "",
+          f"Answers with {q['backend']} on {ours['questions']} dev questions spread over the set ({ours['refused']} "
+          "refused by ours, which skips the LLM), after a warm-up answer. First text = the first verified "
+          "sentence (or refusal) shown; the plain engine shows its first token. Same LLM object for both.", "",
+          table(["answer", "n", "first token p50", "first text p50", "total p50", "total p95", "total vs plain"],
+                ask_rows), "",
+          f"Peak RSS of this process (both pipelines and the LLM loaded): {q['peak_rss_mb']:.0f} MB."]
+    return data, "\n".join(md)
+
+
+def quality(work: Path, info: dict, index_dir: Path, plain_dir: Path) -> tuple[dict, str]:
+    """Dev-set retrieval per mode (rag.evaluate, search only) vs the plain recipe's retriever."""
+    q = run_worker("quality", index_dir, plain_dir, workdir=work)
+    data = {"machine": info, **{k: v for k, v in q.items() if k not in ("process_seconds", "peak_rss_mb")}}
+    base = q["plain"]["answerable"]
+    rows = []
+    for name, key in (("plain llama-index retriever (baseline)", "plain"), ("ours, dense", "dense"),
+                      ("ours, bm25", "bm25"), ("ours, hybrid", "hybrid")):
+        a, t = q[key]["answerable"], q[key]["by_type"]
+        rows.append([name, f"{a['recall@5']:.3f}", f"{a['recall@10']:.3f}", f"{a['mrr']:.3f}",
+                     *(f"{t[k]['recall@10']:.3f}" for k in ("lookup", "fact", "multi")),
+                     ratio(a["mrr"], base["mrr"])])
+    md = ["### Retrieval quality (dev set, paper level)", "",
+          f"{q['hybrid']['answerable']['n']} answerable dev questions (`rag eval --search-only`), k=10.", "",
+          table(["retriever", "Recall@5", "Recall@10", "MRR", "R@10 lookup", "R@10 fact", "R@10 multi",
+                 "MRR vs plain"], rows)]
+    return data, "\n".join(md)
+
+
+def scale(work: Path, info: dict, index_dir: Path, embed_rate: float, sizes: list[int]) -> tuple[dict, str]:
+    """Synthetic corpora of growing size: index throughput, disk, search latency and RSS at each size."""
+    import synth
+
+    runs = []
+    for size in sizes:
+        t = time.perf_counter()
+        corpus = synth.make_corpus(index_dir, size, work / f"corpus-{size}")
+        made = time.perf_counter() - t
+        target = work / f"scale-{size}"
+        build = run_worker("scale-build", work / f"corpus-{size}", target, corpus["vectors"], workdir=work)
+        from rag import storage
+
+        disk = dir_mb(storage.current_generation(target))
+        search = run_worker("scale-search", target, workdir=work)
+        r = build["report"]
+        pipeline = r["seconds"] - r["embed_seconds"]  # everything but the (synthetic) vectors
+        est_embed = r["chunks"] / embed_rate
+        runs.append({"papers": r["papers"], "chunks": r["chunks"], "corpus": corpus, "corpus_seconds": made,
+                     "build": build, "disk_mb": disk, "search": search, "pipeline_seconds": pipeline,
+                     "est_embed_seconds": est_embed, "papers_per_s_without_embedding": r["papers"] / pipeline,
+                     "papers_per_s_estimated": r["papers"] / (pipeline + est_embed)})
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.rmtree(work / f"corpus-{size}", ignore_errors=True)
+        print(f"scale {size}: done", file=sys.stderr)
+    data = {"machine": info, "embed_chunks_per_s": embed_rate, "noise": synth.NOISE, "seed": synth.SEED,
+            "method": synth.__doc__, "runs": runs}
+    b = runs[0]
+    build_rows, search_rows = [], []
+    for s in runs:
+        r = s["build"]["report"]
+        build_rows.append([f"{s['papers']:,}", f"{s['chunks']:,}", f"{s['papers_per_s_without_embedding']:.0f}",
+                           f"{s['papers_per_s_estimated']:.1f}", f"{r['store_seconds']:.0f} s",
+                           f"{r['bm25_seconds']:.0f} s", f"{s['disk_mb']:.0f} MB",
+                           f"{s['build']['peak_rss_mb']:.0f} MB", ratio(s["disk_mb"], b["disk_mb"]),
+                           ratio(s["build"]["peak_rss_mb"], b["build"]["peak_rss_mb"])])
+        h = s["search"]["search"]
+        search_rows.append([f"{s['papers']:,}", ms(h["hybrid"]["p50"]), ms(h["hybrid"]["p95"]), ms(h["dense"]["p50"]),
+                            ms(h["bm25"]["p50"]), secs(s["search"]["open_seconds"]),
+                            f"{s['search']['peak_rss_mb']:.0f} MB", f"{s['search']['dev_hybrid']['recall@10']:.3f}",
+                            ratio(h["hybrid"]["p50"], b["search"]["search"]["hybrid"]["p50"]),
+                            ratio(s["search"]["peak_rss_mb"], b["search"]["peak_rss_mb"])])
+    first = f"{b['papers']:,}"
+    md = ["### Scale (synthetic corpora)", "",
+          "Each corpus = the 693 bundled papers + synthetic ones made of their recombined sentences (seeded). "
+          "Chunk vectors are not computed by the model: bundled chunks keep their real vector, a synthetic chunk gets "
+          "the normalized sentence-weighted mean of its 2-4 source papers' vectors plus N(0, "
+          f"{synth.NOISE}²) noise per dimension. Everything else is `build_index` as `rag index` runs it (parse, "
+          "chunk, Chroma add, BM25). Throughput *without embedding* is measured; *with embedding* adds "
+          f"chunks / {embed_rate:.1f} chunks/s, the model's rate measured on the bundled corpus in this run "
+          f"(extrapolated, not measured at that size). Ratios against the {first}-paper corpus.", "",
+          table(["papers", "chunks", "papers/s w/o embedding", "papers/s with embedding (extrapolated)", "Chroma add",
+                 "BM25", "disk", "build peak RSS", f"disk vs {first}", f"RSS vs {first}"], build_rows), "",
+          "Search: the 60 dev questions per mode after 3 warm-up searches, k=10; open = `Assistant` creation and a "
+          "first search (models and index loaded); peak RSS of that search process; Recall@10 of the 50 answerable "
+          "dev questions with hybrid search (the synthetic distractors reuse the real sentences, so they are "
+          "harder than real papers).", "",
+          table(["papers", "hybrid p50", "hybrid p95", "dense p50", "bm25 p50", "open", "search peak RSS",
+                 "dev R@10", f"hybrid p50 vs {first}", f"RSS vs {first}"], search_rows)]
+    return data, "\n".join(md)
+
+
+def plot_scale(data: dict, path: Path) -> None:
+    """docs/scale.png: search latency, peak RSS, disk and index throughput against corpus size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = data["runs"]
+    n = [r["papers"] for r in runs]
+    fig, ax = plt.subplots(2, 2, figsize=(11, 8))
+    for mode, style in (("hybrid", "o-"), ("dense", "s--"), ("bm25", "^:")):
+        ax[0, 0].plot(n, [r["search"]["search"][mode]["p50"] * 1000 for r in runs], style, label=f"{mode} p50")
+    ax[0, 0].plot(n, [r["search"]["search"]["hybrid"]["p95"] * 1000 for r in runs], "o-", alpha=0.4,
+                  label="hybrid p95")
+    ax[0, 0].set(title="Search latency, warm (k=10, query embedding incl.)", ylabel="ms")
+    ax[0, 1].plot(n, [r["build"]["peak_rss_mb"] for r in runs], "o-", label="index build (process peak)")
+    ax[0, 1].plot(n, [r["search"]["peak_rss_mb"] for r in runs], "s--", label="search (process peak)")
+    ax[0, 1].set(title="Peak RSS", ylabel="MB")
+    ax[1, 0].plot(n, [r["disk_mb"] for r in runs], "o-", label="index generation on disk")
+    ax[1, 0].set(title="Disk size (Chroma + BM25 + papers)", ylabel="MB")
+    ax[1, 1].plot(n, [r["papers_per_s_without_embedding"] for r in runs], "o-",
+                  label="measured, vectors precomputed")
+    ax[1, 1].plot(n, [r["papers_per_s_estimated"] for r in runs], "s--",
+                  label=f"with embedding, extrapolated ({data['embed_chunks_per_s']:.0f} chunks/s)")
+    ax[1, 1].set(title="Index throughput", ylabel="papers / s")
+    for a in ax.flat:
+        a.set(xscale="log", yscale="log", xlabel="papers in the index")
+        a.grid(True, which="both", alpha=0.3)
+        a.legend(fontsize=8)
+    m = data["machine"]
+    fig.suptitle(f"abstract-rag at scale: synthetic corpora, {m['nproc']} cores ({m['cpu']}), {m['date']}",
+                 fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="scale 1k and 10k only, 6 answers")
+    parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary indexes")
+    args = parser.parse_args()
+    sections = [s for s in args.sections.split(",") if s and not (args.skip_scale and s == "scale")]
+    suffix = "-quick" if args.quick else ""
+    info = machine()
+    if info["load_avg_at_start"] > 0.5:
+        print(f"warning: load average {info['load_avg_at_start']:.2f}: other processes share the CPU; "
+              "latencies will be noisy", file=sys.stderr)
+    work = Path(tempfile.mkdtemp(prefix="rag-bench-"))
+    started = time.perf_counter()
+    tables = [f"Measured {info['date']} on {info['nproc']} cores ({info['cpu']}, {info['ram_gb']} GB RAM), "
+              f"Python {info['python']}, torch {info['torch']}, commit {info['commit']}."]
+    try:
+        idx, idx_md = indexing(work, info)  # every other section uses this fresh index
+        if "indexing" in sections:
+            save("indexing" + suffix, idx)
+            tables.append(idx_md)
+        index_dir, plain_dir = Path(idx["index_dir"]), Path(idx["plain_dir"])
+        if "query" in sections:
+            data, md = query(work, info, index_dir, plain_dir, 6 if args.quick else 20)
+            save("query" + suffix, data)
+            tables.append(md)
+        if "quality" in sections:
+            data, md = quality(work, info, index_dir, plain_dir)
+            save("quality" + suffix, data)
+            tables.append(md)
+        if "scale" in sections:
+            r = idx["ours_cold"]["report"]
+            sizes = [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000]
+            data, md = scale(work, info, index_dir, r["chunks"] / r["embed_seconds"], sizes)
+            save("scale" + suffix, data)
+            plot_scale(data, RESULTS / "scale-quick.png" if args.quick else ROOT / "docs" / "scale.png")
+            tables.append(md)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    tables.append(f"Benchmark wall time {(time.perf_counter() - started) / 60:.1f} min; load average at the end "
+                  f"{os.getloadavg()[0]:.2f}.")
+    text = "\n\n".join(tables) + "\n"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"tables{suffix}.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Deterministic synthetic corpora for the scale benchmark, and the vectors their chunks get instead of embeddings.
+
+A corpus of N papers holds the 693 bundled papers (so the dev questions still have their answers) plus N - 693
+synthetic ones. A synthetic paper takes 2-4 bundled papers as sources and draws as many sentences as a random bundled
+abstract has, each from one of its sources; its title is 4 words from the sources' titles plus a serial number.
+
+Embedding 100k abstracts would take hours on 2 cores, so vectors are derived instead: a bundled chunk keeps its real
+vector; a synthetic chunk gets the normalized mean of its sources' paper vectors (each the mean of that paper's real
+chunk vectors), weighted by the sentences taken from each, plus N(0, NOISE²) per dimension, then normalized again.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+
+SEED = 20240601
+NOISE = 0.01  # per dimension: cosine ~0.98 between a synthetic chunk and its base vector
+FILE_PAPERS = 10_000
+
+
+def real_index(index_dir: Path) -> tuple[list[dict], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(papers, chunk id -> vector, paper id -> mean chunk vector) of a built bundled index."""
+    from rag import storage
+    from rag.index import CHUNKS, open_vector_store
+
+    gen = storage.current_generation(index_dir)
+    papers = storage.read_jsonl(gen / "papers.jsonl")
+    _, collection = open_vector_store(gen / "chroma", CHUNKS)
+    got = collection.get(include=["embeddings", "metadatas"])
+    chunks = {cid: np.asarray(vec, dtype=np.float32) for cid, vec in zip(got["ids"], got["embeddings"], strict=True)}
+    by_paper: dict[str, list[np.ndarray]] = {}
+    for cid, meta in zip(got["ids"], got["metadatas"], strict=True):
+        by_paper.setdefault(meta["paper_id"], []).append(chunks[cid])
+    paper_vecs = {pid: unit(np.mean(vecs, axis=0)) for pid, vecs in by_paper.items()}
+    return papers, chunks, paper_vecs
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+def make_corpus(real_index_dir: Path, size: int, out_dir: Path) -> dict:
+    """Write corpus files (real.jsonl, synth-NN.jsonl) and vectors.npz for a corpus of `size` papers."""
+    from rag.corpus import paper_id
+    from rag.sentences import split_sentences
+
+    papers, chunks, paper_vecs = real_index(real_index_dir)
+    rng = random.Random(SEED)
+    sentences = {p["id"]: split_sentences(p["abstract"]) for p in papers}
+    lengths = [len(s) for s in sentences.values()]
+    words = sorted({w for p in papers for w in p["title"].replace(":", " ").split() if len(w) > 3 and w.isalpha()})
+    ids = [p["id"] for p in papers]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keep = ("title", "abstract", "url", "authors", "year", "categories")
+    write_jsonl(out_dir / "real.jsonl", [{k: p[k] for k in keep if p.get(k)} for p in papers])
+    synth_ids, synth_vecs, records = [], [], []
+    for i in range(max(0, size - len(papers))):
+        sources = rng.sample(ids, rng.randint(2, 4))
+        picks = [rng.choice(sources) for _ in range(rng.choice(lengths))]
+        abstract = " ".join(rng.choice(sentences[pid]) for pid in picks)
+        title = " ".join(rng.sample(words, 4)).title() + f": Synthetic Study {i:06d}"
+        records.append({"title": title, "abstract": abstract, "url": f"https://example.org/synthetic/{i}"})
+        synth_ids.append(paper_id(title, abstract))
+        synth_vecs.append(unit(np.sum([paper_vecs[pid] for pid in picks], axis=0)))
+        if len(records) == FILE_PAPERS:
+            write_jsonl(out_dir / f"synth-{i // FILE_PAPERS:02d}.jsonl", records)
+            records = []
+    if records:
+        write_jsonl(out_dir / f"synth-{len(synth_ids) // FILE_PAPERS:02d}.jsonl", records)
+    vectors = out_dir.parent / f"{out_dir.name}-vectors.npz"
+    dim = len(next(iter(chunks.values())))
+    np.savez(vectors, chunk_ids=np.array(list(chunks)), chunk_vecs=np.array(list(chunks.values())),
+             paper_ids=np.array(synth_ids), paper_vecs=np.array(synth_vecs, dtype=np.float32).reshape(-1, dim))
+    return {"papers": size, "real": len(papers), "synthetic": len(synth_ids), "vectors": str(vectors)}
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def vector_assigner(vectors_path: str):
+    """A stand-in for rag.index.embed_nodes that sets each node's vector from vectors.npz (same signature)."""
+    data = np.load(vectors_path)
+    real = dict(zip(data["chunk_ids"].tolist(), data["chunk_vecs"], strict=True))
+    base = dict(zip(data["paper_ids"].tolist(), data["paper_vecs"], strict=True))
+    rng = np.random.default_rng(SEED)
+    dim = data["chunk_vecs"].shape[1]
+
+    def embed_nodes(nodes: list, embedder, batch_size: int, progress: bool) -> None:
+        for node in nodes:
+            vec = real.get(node.node_id)
+            if vec is None:
+                vec = unit(base[node.metadata["paper_id"]] + rng.normal(0.0, NOISE, dim))
+            node.embedding = vec.astype(np.float32).tolist()
+
+    return embed_nodes
+

@@ -1,0 +1,261 @@
+"""`rag eval`: retrieval quality, answer quality and latency on a question set (JSONL), per question type.
+
+A question is {"id", "type": lookup|fact|multi|unanswerable, "question", "gold_titles": [...],
+"answer_keywords": [[alternatives...], ...]}. Retrieval is scored at paper level (a paper counts once however many of
+its chunks match). An answer hits its keywords when its text holds (case-insensitively) one alternative of every group.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from rag.citations import parse_markers
+from rag.corpus import title_key
+
+TYPES = ("lookup", "fact", "multi", "unanswerable")
+SEARCH_K = 10
+LATENCY_STAGES = ("search", "first_token", "first_text", "total")
+
+# --- metrics: small pure functions ---------------------------------------------------------------------------------
+
+
+def recall_at(ranked_titles: list[str], gold: list[str], k: int) -> float | None:
+    """Share of the gold papers among the first k distinct papers; None when there is no gold paper."""
+    wanted = {title_key(t) for t in gold}
+    if not wanted:
+        return None
+    found = {title_key(t) for t in distinct(ranked_titles)[:k]}
+    return len(wanted & found) / len(wanted)
+
+
+def mrr(ranked_titles: list[str], gold: list[str]) -> float | None:
+    """1 / rank of the first gold paper (0 when none is ranked); None when there is no gold paper."""
+    wanted = {title_key(t) for t in gold}
+    if not wanted:
+        return None
+    for rank, title in enumerate(distinct(ranked_titles), 1):
+        if title_key(title) in wanted:
+            return 1.0 / rank
+    return 0.0
+
+
+def distinct(titles: list[str]) -> list[str]:
+    """Titles in order, each paper once."""
+    seen, out = set(), []
+    for t in titles:
+        if title_key(t) not in seen:
+            seen.add(title_key(t))
+            out.append(t)
+    return out
+
+
+def keyword_hit(text: str, groups: list[list[str]]) -> bool | None:
+    """True when the text holds one alternative of every group (case-insensitive); None when there are no groups."""
+    if not groups:
+        return None
+    low = text.lower()
+    return all(any(alt.lower() in low for alt in group) for group in groups)
+
+
+def citations_valid(text: str, citations: list[dict], retrieved_ids: set[str]) -> bool:
+    """Every [n] in the text names a citation whose paper was among the retrieved papers."""
+    by_n = {c["n"]: c for c in citations}
+    return all(n in by_n and by_n[n]["paper_id"] in retrieved_ids for n in parse_markers(text))
+
+
+def gold_cited(citations: list[dict], gold: list[str]) -> bool | None:
+    """True when a cited paper is one of the gold papers; None when there is no gold paper."""
+    wanted = {title_key(t) for t in gold}
+    if not wanted:
+        return None
+    return any(title_key(c["title"]) in wanted for c in citations)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The q-th percentile (0-100), linear between closest ranks as numpy's default; None for no values."""
+    if not values:
+        return None
+    s = sorted(values)
+    pos = (len(s) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def mean(values: list) -> float | None:
+    """Mean of the values that are not None (booleans count 0/1); None when there are none."""
+    values = [float(v) for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+# --- running --------------------------------------------------------------------------------------------------------
+
+
+def load_questions(path: str | Path, limit: int | None = None) -> list[dict]:
+    """The questions of a JSONL file (blank lines skipped), the first `limit` only when given."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if row.get("type") not in TYPES or not row.get("question"):
+                raise ValueError(f"{path}:{number}: needs a question and a type in {', '.join(TYPES)}")
+            rows.append(row)
+    return rows[:limit] if limit else rows
+
+
+def score_question(q: dict, hits: list, answer=None) -> dict:
+    """One row of metrics for a question, its search hits and (optionally) its Answer."""
+    gold = q.get("gold_titles") or []
+    titles = [h.title for h in hits]
+    ranks = [i for i, t in enumerate(distinct(titles), 1) if title_key(t) in {title_key(g) for g in gold}]
+    row = {
+        "id": q.get("id", ""),
+        "type": q["type"],
+        "recall@5": recall_at(titles, gold, 5),
+        "recall@10": recall_at(titles, gold, 10),
+        "mrr": mrr(titles, gold),
+        "gold_ranks": ranks,
+    }
+    if answer is not None:
+        row.update({
+            "refused": answer.refused,
+            "keyword_hit": keyword_hit(answer.text, q.get("answer_keywords") or []),
+            "citations_valid": None if answer.refused else citations_valid(
+                answer.text, answer.citations, {h.paper_id for h in hits}),
+            "gold_cited": gold_cited(answer.citations, gold) if q["type"] in ("lookup", "fact") else None,
+            "timings": answer.timings,
+        })
+    return row
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Averages of the metric rows of one group of questions."""
+    out = {"n": len(rows)}
+    for name in ("recall@5", "recall@10", "mrr", "keyword_hit", "citations_valid", "gold_cited", "refused"):
+        values = [r.get(name) for r in rows]
+        if any(v is not None for v in values):
+            out[name] = mean(values)
+    return out
+
+
+def latency(samples: dict[str, list[float]]) -> dict:
+    return {stage: {"n": len(v), "p50": percentile(v, 50), "p95": percentile(v, 95)} for stage, v in samples.items()}
+
+
+def evaluate(assistant, file: str | Path, mode: str | None = None, limit: int | None = None, answers: bool = True,
+             progress: bool = True) -> dict:
+    """Search (k=10) and, when `answers`, ask every question; metrics per type, latency, per-question rows."""
+    from tqdm import tqdm
+
+    questions = load_questions(file, limit)
+    settings = getattr(assistant, "settings", None)
+    mode = mode or getattr(settings, "search_mode", "hybrid")
+    if questions:
+        assistant.search(questions[0]["question"], k=SEARCH_K, mode=mode)  # warm-up: loads the models and index
+    samples: dict[str, list[float]] = {stage: [] for stage in LATENCY_STAGES}
+    rows, backend = [], "none (search only)"
+    for q in tqdm(questions, desc="Evaluating", unit="question", disable=not progress, file=sys.stderr):
+        t = time.perf_counter()
+        hits = assistant.search(q["question"], k=SEARCH_K, mode=mode)
+        samples["search"].append(time.perf_counter() - t)
+        answer = assistant.ask(q["question"], mode=mode) if answers else None
+        if answer is not None:
+            backend = answer.backend
+            for stage in ("first_token", "first_text", "total"):
+                if stage in answer.timings:
+                    samples[stage].append(answer.timings[stage])
+        rows.append({**score_question(q, hits, answer), "question": q["question"]})
+
+    by_type = {t: summarize([r for r in rows if r["type"] == t]) for t in TYPES if any(r["type"] == t for r in rows)}
+    answerable = [r for r in rows if r["type"] != "unanswerable"]
+    return {
+        "file": str(file),
+        "questions": len(rows),
+        "mode": mode,
+        "k": SEARCH_K,
+        "answers": answers,
+        "backend": backend,
+        "by_type": by_type,
+        "answerable": summarize(answerable),
+        "latency": latency({k: v for k, v in samples.items() if v}),
+        "missing_gold": missing_gold(assistant, questions),
+        "rows": rows,
+    }
+
+
+def missing_gold(assistant, questions: list[dict]) -> list[str]:
+    """Gold titles that are not in the index at all (a question set for another corpus), when the index is known."""
+    papers = getattr(getattr(assistant, "searcher", None), "papers", None)
+    if not isinstance(papers, dict):
+        return []
+    indexed = {title_key(p["title"]) for p in papers.values()}
+    return sorted({t for q in questions for t in q.get("gold_titles") or [] if title_key(t) not in indexed})
+
+
+# --- output ---------------------------------------------------------------------------------------------------------
+
+
+def fmt(value, percent: bool = False) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.0%}" if percent else f"{value:.3f}"
+
+
+def format_markdown(report: dict) -> str:
+    """Tables for a terminal or a README: retrieval, answers (when asked), latency, then the misses."""
+    groups = [*report["by_type"].items()]
+    if report["answerable"]["n"]:
+        groups.append(("all answerable", report["answerable"]))
+    lines = [f"Questions: {report['questions']} from {report['file']}; search mode {report['mode']}, "
+             f"k={report['k']}, paper level.", ""]
+    lines += ["| type | n | Recall@5 | Recall@10 | MRR |", "|---|---:|---:|---:|---:|"]
+    for name, s in groups:
+        if name != "unanswerable":
+            lines.append(f"| {name} | {s['n']} | {fmt(s.get('recall@5'))} | {fmt(s.get('recall@10'))} | "
+                         f"{fmt(s.get('mrr'))} |")
+    if report["answers"]:
+        lines += ["", f"Answers ({report['backend']}). Keyword hit: the answer holds every expected fact; citations "
+                  "valid: every [n] names a retrieved paper; refused: the refusal rate (wanted on unanswerable, a "
+                  "false refusal elsewhere).", ""]
+        lines += ["| type | n | keyword hit | citations valid | gold paper cited | refused |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for name, s in groups:
+            lines.append(f"| {name} | {s['n']} | {fmt(s.get('keyword_hit'), True)} | "
+                         f"{fmt(s.get('citations_valid'), True)} | {fmt(s.get('gold_cited'), True)} | "
+                         f"{fmt(s.get('refused'), True)} |")
+    lines += ["", "| latency (s) | n | p50 | p95 |", "|---|---:|---:|---:|"]
+    names = {"search": "search (k=10)", "first_token": "first LLM token", "first_text": "first text shown",
+             "total": "whole answer"}
+    for stage, s in report["latency"].items():
+        lines.append(f"| {names.get(stage, stage)} | {s['n']} | {s['p50']:.3f} | {s['p95']:.3f} |")
+    misses = [miss_line(r) for r in report["rows"]]
+    misses = [m for m in misses if m]
+    if misses:
+        lines += ["", "Misses:"] + [f"- {m}" for m in misses]
+    if report.get("missing_gold"):
+        lines += ["", f"Warning: {len(report['missing_gold'])} gold titles are not in the index, e.g. "
+                  f"{report['missing_gold'][0]!r}."]
+    return "\n".join(lines)
+
+
+def miss_line(row: dict) -> str:
+    """What went wrong for one question, or '' when nothing did."""
+    problems = []
+    if row.get("recall@10") is not None and row["recall@10"] < 1:
+        problems.append(f"recall@10 {row['recall@10']:.2f}")
+    if row["type"] == "unanswerable" and row.get("refused") is False:
+        problems.append("answered (should refuse)")
+    if row["type"] != "unanswerable" and row.get("refused"):
+        problems.append("refused")
+    elif row.get("keyword_hit") is False:
+        problems.append("keywords missing")
+    if row.get("citations_valid") is False:
+        problems.append("invalid citation")
+    if row.get("gold_cited") is False and not row.get("refused"):
+        problems.append("gold paper not cited")
+    return f"{row['id']} ({row['type']}): {', '.join(problems)}" if problems else ""

@@ -1,0 +1,312 @@
+"""The Gradio app: chat with cited answers and a sources panel, paper search, and a library to add corpus files.
+
+`build_ui(assistant)` only calls the `Assistant`; the handlers are plain functions of it (tested without Gradio
+running). All HTML comes from `ui.render`, which escapes every piece of text.
+"""
+
+import filecmp
+import re
+import shutil
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import gradio as gr
+
+from rag.answer import Answer, one_line
+from rag.corpus import SUFFIXES, CorpusError
+from rag.storage import uploads_dir
+from ui import render
+
+EXAMPLES = [
+    "How much of the gap to the truly-tuned chat model does proxy-tuning close for Llama2-70B?",
+    "How many denoising steps does SnapFusion need to beat Stable Diffusion v1.5 with 50 steps?",
+    "Which papers study weak-to-strong generalization, supervising a strong model with a weaker one?",
+    "How much money did it cost to train the Yi foundation models?",
+]
+BACKENDS = ["llamacpp", "transformers", "openai", "none"]
+MODES = ["hybrid", "dense", "bm25"]
+EXPORT_DIR = Path(tempfile.gettempdir()) / "abstract-rag-exports"
+
+
+class UploadError(ValueError):
+    """An upload refused before indexing (name, type or size); str() is one line."""
+
+
+# --- chat ----------------------------------------------------------------------------------------------------
+
+
+def history_of(turns: list[Answer]) -> list[dict]:
+    """The conversation in the messages format `Assistant.stream` takes for follow-ups."""
+    out = []
+    for a in turns:
+        out += [{"role": "user", "content": a.question}, {"role": "assistant", "content": a.text}]
+    return out
+
+
+def chat(assistant, question: str, turns: list[Answer], k: int, mode: str):
+    """Stream one answer. Yields (chatbot, sources, turns, notice, question box, export button) updates.
+
+    Any failure ends the turn with one readable line (in the notice line and the chat), never a stack trace.
+    """
+    question = " ".join((question or "").split())
+    if not question:
+        yield gr.skip(), gr.skip(), turns, render.line("Type a question first."), gr.skip(), gr.skip()
+        return
+    turns = list(turns or [])
+    yield render.chat_messages(turns, question), gr.skip(), turns, "", "", gr.skip()
+    text, answer = "", None
+    try:
+        for item in assistant.stream(question, history_of(turns), k=int(k) if k else None, mode=mode or None):
+            if isinstance(item, Answer):
+                answer = item
+            else:
+                text += item
+                yield render.chat_messages(turns, question, text), gr.skip(), turns, gr.skip(), gr.skip(), gr.skip()
+        if answer is None:
+            raise RuntimeError("the answer pipeline ended without an answer")
+    except Exception as e:
+        answer = Answer(question=question, text=text, refused=False, notices=[f"Error: {one_line(e)}"])
+    turns = turns + [answer]
+    try:
+        sources = render.sources_html(turns, assistant.searcher.papers)
+    except Exception as e:  # e.g. no index: the answer above already says so
+        sources = render.sources_html(turns, {})
+        answer.notices.append(f"Cannot show the abstracts: {one_line(e)}")
+    notice = render.line(" · ".join(answer.notices), "error") if answer.notices else ""
+    yield render.chat_messages(turns), sources, turns, notice, gr.skip(), export_file(turns)
+
+
+def export_file(turns: list[Answer]):
+    """Write the conversation as Markdown for the Export button; a button update."""
+    if not turns:
+        return gr.DownloadButton(value=None, interactive=False)
+    EXPORT_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=EXPORT_DIR, prefix=f"conversation-{stamp}-",
+                                     suffix=".md", delete=False) as f:
+        f.write(render.export_markdown(turns, time.strftime("%Y-%m-%d %H:%M")))
+    return gr.DownloadButton(value=f.name, interactive=True)
+
+
+def clear():
+    return [], render.sources_html([], {}), [], "", "", gr.DownloadButton(value=None, interactive=False)
+
+
+def pick_example(evt: gr.SelectData) -> str:
+    value = evt.value
+    return value.get("text", "") if isinstance(value, dict) else str(value)
+
+
+# --- settings and status -------------------------------------------------------------------------------------
+
+
+def status_html(assistant) -> str:
+    try:
+        return render.status_line(assistant.status())
+    except Exception as e:
+        return render.line(f"No index yet ({one_line(e)}): add a corpus file in the Library tab or run `rag index`.",
+                           "error")
+
+
+def configure_llm(assistant, backend: str, model: str):
+    """Switch the LLM for the next question (all users share the Assistant). Returns (status, notice)."""
+    try:
+        assistant.configure(llm_backend=backend, llm_model=(model or "").strip() or "bundled")
+        return status_html(assistant), render.line(f"LLM for the next question: {assistant.status()['llm']}", "ok")
+    except Exception as e:
+        return status_html(assistant), render.line(f"Settings not applied: {one_line(e)}", "error")
+
+
+# --- search --------------------------------------------------------------------------------------------------
+
+
+def search(assistant, query: str, k: int, mode: str) -> str:
+    try:
+        return render.search_html(query or "", assistant.search(query or "", k=int(k) if k else None,
+                                                                 mode=mode or None))
+    except Exception as e:
+        return render.line(f"Search failed: {one_line(e)}", "error")
+
+
+# --- library -------------------------------------------------------------------------------------------------
+
+
+def safe_name(name: str) -> str:
+    """A file name to write under uploads/ from an untrusted upload name: the last path component only, no
+    leading dots or '..', only [A-Za-z0-9._-], and a corpus suffix (.txt .json .jsonl .csv .bib)."""
+    base = re.split(r"[\\/]", name or "")[-1].strip()
+    suffix = Path(base).suffix.lower()
+    if suffix not in SUFFIXES:
+        raise UploadError(f"{base or 'the file'}: not a corpus file (use {', '.join(SUFFIXES)})")
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", base[: -len(suffix)])
+    stem = re.sub(r"\.{2,}", ".", stem).strip("._-")[:80]
+    return (stem or "upload") + suffix
+
+
+def save_upload(src: Path, name: str, folder: Path, max_mb: float) -> tuple[Path, bool]:
+    """Copy an uploaded file under `folder` with a safe name. Returns (path, whether an identical file was there).
+
+    A file with that name and other content is kept: the upload gets a numbered name instead.
+    """
+    size = src.stat().st_size
+    if size > max_mb * 2**20:
+        raise UploadError(f"{safe_name(name)} is {size / 2**20:.1f} MB: the limit is {max_mb} MB "
+                          "(RAG_UI_MAX_UPLOAD_MB)")
+    first = dest = folder / safe_name(name)
+    n = 2
+    while dest.exists() and not filecmp.cmp(dest, src, shallow=False):
+        dest = first.with_name(f"{first.stem}-{n}{first.suffix}")
+        n += 1
+    existed = dest.exists()
+    if not existed:
+        shutil.copyfile(src, dest)
+    return dest, existed
+
+
+def sources_rows(assistant) -> list[list]:
+    try:
+        return [[s["source"], s["papers"]] for s in assistant.sources()]
+    except Exception:
+        return []
+
+
+def add_corpus(assistant, file, progress=gr.Progress(track_tqdm=True)):
+    """Upload handler: check and copy the file, index it incrementally. Returns (message, sources table, status).
+
+    A rejected file leaves the index as it was and shows one line (the CorpusError text).
+    """
+    if not file:
+        return render.line("Choose a corpus file first."), sources_rows(assistant), status_html(assistant)
+    src = Path(file)
+    dest = None
+    try:
+        progress(0.05, desc="Checking the file")
+        folder = uploads_dir(Path(assistant.settings.index_dir))
+        dest, existed = save_upload(src, src.name, folder, assistant.settings.ui_max_upload_mb)
+        progress(0.15, desc=f"Indexing {dest.name}")
+        try:
+            report = assistant.add_files([dest], skip_bad=False, progress=True)
+        except BaseException:
+            if not existed:
+                dest.unlink(missing_ok=True)
+            raise
+        message = render.line(f"Added {dest.name}: {report.new} new papers. Index now {report.summary()}", "ok")
+    except CorpusError as e:
+        message = render.line(f"Rejected: {str(e).replace(str(dest), dest.name) if dest else e}", "error")
+    except Exception as e:
+        message = render.line(f"Rejected: {e}" if isinstance(e, UploadError) else f"Failed: {one_line(e)}", "error")
+    return message, sources_rows(assistant), status_html(assistant)
+
+
+# --- the app -------------------------------------------------------------------------------------------------
+
+
+def build_ui(assistant) -> gr.Blocks:
+    """The app for one Assistant. Events are queued; each browser session has its own conversation."""
+    s = assistant.settings
+    with gr.Blocks(title="abstract-rag", analytics_enabled=False) as demo:
+        gr.HTML("<h2 style='margin:0'>abstract-rag</h2><div class='rag-muted'>Questions answered from research-paper "
+                "abstracts, every claim cited to a paper.</div>", head=render.STYLE, js_on_load=None)
+        status = gr.HTML(partial(status_html, assistant), js_on_load=None)
+        turns = gr.State([])
+        with gr.Tabs():
+            with gr.Tab("Ask"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=3):
+                        chatbot = gr.Chatbot(
+                            label="Answers", height=560, render_markdown=False, sanitize_html=True,
+                            latex_delimiters=[], feedback_options=None, buttons=["copy"],
+                            examples=[{"text": q} for q in EXAMPLES],
+                            placeholder="Ask about the indexed papers. Every claim in an answer cites its source.",
+                        )
+                        with gr.Row():
+                            question = gr.Textbox(show_label=False, placeholder="Ask a question and press Enter",
+                                                  scale=6, elem_id="question")
+                            ask = gr.Button("Ask", variant="primary", scale=1, min_width=80)
+                        with gr.Row():
+                            clear_btn = gr.Button("Clear", size="sm")
+                            export = gr.DownloadButton("Export (Markdown)", size="sm", interactive=False)
+                        notice = gr.HTML(js_on_load=None, elem_id="notice")
+                        with gr.Accordion("Settings", open=False, elem_id="settings"):
+                            with gr.Row():
+                                backend = gr.Dropdown(BACKENDS, value=s.llm_backend, label="LLM backend")
+                                model = gr.Textbox(value=s.llm_model, label="LLM model ('bundled', a GGUF path, "
+                                                   "or a transformers model)")
+                            with gr.Row():
+                                k = gr.Slider(1, 30, value=s.search_k, step=1, label="Papers retrieved (k)")
+                                mode = gr.Radio(MODES, value=s.search_mode, label="Retrieval mode")
+                    with gr.Column(scale=2):
+                        sources = gr.HTML(render.sources_html([], {}), js_on_load=None, elem_id="sources")
+            with gr.Tab("Search"):
+                with gr.Row():
+                    query = gr.Textbox(show_label=False, placeholder="Search the papers", scale=6, elem_id="query")
+                    search_btn = gr.Button("Search", variant="primary", scale=1, min_width=80)
+                with gr.Row():
+                    search_k = gr.Slider(1, 50, value=s.search_k, step=1, label="Results")
+                    search_mode = gr.Radio(MODES, value=s.search_mode, label="Retrieval mode")
+                results = gr.HTML(render.search_html("", []), js_on_load=None, elem_id="results")
+            with gr.Tab("Library"):
+                gr.Markdown(f"Add a corpus file ({', '.join(SUFFIXES)}, at most {s.ui_max_upload_mb} MB). Its papers "
+                            "are indexed incrementally and searchable as soon as indexing ends.")
+                upload = gr.File(label="Corpus file", file_types=list(SUFFIXES), type="filepath", elem_id="upload")
+                upload_msg = gr.HTML(js_on_load=None, elem_id="upload-msg")
+                table = gr.Dataframe(partial(sources_rows, assistant), headers=["source", "papers"],
+                                     label="Indexed sources", interactive=False)
+
+        chat_io = dict(fn=partial(chat, assistant), inputs=[question, turns, k, mode],
+                       outputs=[chatbot, sources, turns, notice, question, export], concurrency_limit=4)
+        question.submit(**chat_io, api_name="chat", api_visibility="undocumented")
+        ask.click(**chat_io, api_name="chat_click", api_visibility="private")
+        chatbot.example_select(pick_example, None, question, api_visibility="private").then(
+            **chat_io, api_visibility="private")
+        clear_btn.click(clear, None, [chatbot, sources, turns, notice, question, export], api_visibility="private")
+        for event in (backend.input, model.submit, model.blur):
+            event(partial(configure_llm, assistant), [backend, model], [status, notice], api_visibility="private")
+
+        search_io = dict(fn=partial(search, assistant), inputs=[query, search_k, search_mode], outputs=results,
+                         concurrency_limit=4, api_visibility="private")
+        query.submit(**search_io, api_name="search_submit")
+        search_btn.click(**search_io, api_name="search_click")
+
+        upload.upload(partial(add_corpus, assistant), upload, [upload_msg, table, status], concurrency_limit=1,
+                      api_name="add_corpus", api_visibility="undocumented").then(lambda: None, None, upload,
+                                                                                   api_visibility="private")
+
+        def api_ask(question: str, k: int = 0, mode: str = "") -> dict:
+            """Answer a question from the indexed abstracts; the Answer as JSON (text, citations, evidence...)."""
+            try:
+                return assistant.ask(question, k=k or None, mode=mode or None).to_dict()
+            except Exception as e:
+                raise gr.Error(one_line(e)) from None
+
+        def api_search(query: str, k: int = 0, mode: str = "") -> list[dict]:
+            """Rank the indexed papers for a query: rank, paper_id, title, url, score, snippet, source."""
+            try:
+                return [h.to_dict() for h in assistant.search(query, k=k or None, mode=mode or None)]
+            except Exception as e:
+                raise gr.Error(one_line(e)) from None
+
+        gr.api(api_ask, api_name="ask", concurrency_limit=4)
+        gr.api(api_search, api_name="search", concurrency_limit=4)
+    return demo
+
+
+def auth_pair(value) -> tuple[str, str] | None:
+    """('user', 'password') from the RAG_UI_AUTH SecretStr 'user:password', or None."""
+    if value is None or not value.get_secret_value():
+        return None
+    user, sep, password = value.get_secret_value().partition(":")
+    if not sep or not user or not password:
+        raise ValueError("RAG_UI_AUTH must be user:password")
+    return user, password
+
+
+def launch(assistant, **options):
+    """Serve the app on settings.ui_host:ui_port (127.0.0.1 by default), with the optional login."""
+    s = assistant.settings
+    demo = build_ui(assistant)
+    demo.launch(server_name=s.ui_host, server_port=s.ui_port, auth=auth_pair(s.ui_auth),
+                max_file_size=f"{s.ui_max_upload_mb}mb", **options)
+    return demo
