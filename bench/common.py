@@ -74,7 +74,8 @@ def ratio(value: float | None, baseline: float | None) -> str:
     """'×0.42' style ratio of a figure to its baseline, or '–'."""
     if value is None or not baseline:
         return "–"
-    return f"×{value / baseline:.2f}"
+    r = value / baseline
+    return f"×{r:.2f}" if r >= 0.1 else f"×{r:.2g}"
 
 
 def table(headers: list[str], rows: list[list]) -> str:

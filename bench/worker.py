@@ -109,6 +109,7 @@ def timed_searches(search, questions: list[str]) -> dict:
 def query(index_dir: str, plain_dir: str, n_ask: str) -> dict:
     """Warm search latency per mode and for the plain retriever; then answers, ours and the plain query engine."""
     from rag.assistant import Assistant
+    from rag.models import load_embedder
 
     questions = [q["question"] for q in dev_questions()]
     assistant = Assistant.open(index_dir=Path(index_dir))
@@ -116,6 +117,8 @@ def query(index_dir: str, plain_dir: str, n_ask: str) -> dict:
     out = {"search": {mode: timed_searches(lambda q, m=mode: assistant.search(q, k=10, mode=m), questions)
                       for mode in ("hybrid", "dense", "bm25")}}
     out["search"]["plain"] = timed_searches(lambda q: plain.search(q, k=10), questions)
+    embedder = load_embedder(assistant.settings.embed_model)
+    out["search"]["embed_query"] = timed_searches(embedder.get_query_embedding, questions)
     subset = questions[:: max(1, len(questions) // int(n_ask))][: int(n_ask)]
     out["ask"] = ask_ours(assistant, subset)
     out["ask_plain"] = ask_plain(plain, assistant.llm, subset)

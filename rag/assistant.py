@@ -15,7 +15,8 @@ from rag.search import Hit, Searcher
 from rag.settings import Settings
 
 LLM_FIELDS = {"llm_backend", "llm_model", "llm_max_tokens", "llm_temperature", "llm_threads", "llm_context"} | {
-    f for f in Settings.model_fields if f.startswith("openai_")}
+    f for f in Settings.model_fields if f.startswith("openai_")
+}
 INDEX_FIELDS = {"index_dir", "embed_model", "candidates"}
 
 
@@ -71,19 +72,26 @@ class Assistant:
     def search(self, query: str, k: int | None = None, mode: str | None = None) -> list[Hit]:
         return self.searcher.search(query, k=k, mode=mode)
 
-    def stream(self, question: str, history: list | None = None, k: int | None = None,
-               mode: str | None = None) -> Iterator[str | Answer]:
+    def stream(
+        self, question: str, history: list | None = None, k: int | None = None, mode: str | None = None
+    ) -> Iterator[str | Answer]:
         """Yield the answer text in pieces as it is verified, then the final `Answer`."""
         embedder = load_embedder(self.settings.embed_model, self.settings.embed_batch_size)
-        llm = self.llm
         with self._llm_lock:
+            llm = self.llm
             yield from answering.run(
-                question, history, settings=self.settings, searcher=self.searcher,
-                embed=embedder.get_text_embedding_batch, llm=llm, backend=self.describe_llm(), k=k, mode=mode,
+                question,
+                history,
+                settings=self.settings,
+                searcher=self.searcher,
+                embed=embedder.get_text_embedding_batch,
+                llm=llm,
+                backend=self.describe_llm(),
+                k=k,
+                mode=mode,
             )
 
-    def ask(self, question: str, history: list | None = None, k: int | None = None,
-            mode: str | None = None) -> Answer:
+    def ask(self, question: str, history: list | None = None, k: int | None = None, mode: str | None = None) -> Answer:
         for item in self.stream(question, history, k=k, mode=mode):
             if isinstance(item, Answer):
                 return item

@@ -72,34 +72,44 @@ def check_sentence(sentence: str, evidence: list[Evidence]) -> Checked:
 
 
 class StreamVerifier:
-    """Feed LLM text deltas; get back verified sentences as soon as each one is complete."""
+    """Feed LLM text deltas; get back verified sentences as soon as each one is complete.
+
+    The raw text is re-split on every delta (answers are a few hundred tokens) and a sentence counts as complete
+    once another one has started after it, unless what follows is a half-written [n] marker that still belongs to it.
+    """
 
     def __init__(self, evidence: list[Evidence]):
         self.evidence = evidence
-        self.buffer = ""
+        self.raw = ""
+        self.done = 0  # units of self.raw already checked
         self.kept: list[Checked] = []
         self.dropped: list[str] = []
 
     def _check(self, sentence: str) -> str:
         result = check_sentence(sentence, self.evidence)
+        if result.text and any(k.text == result.text for k in self.kept):
+            return ""  # a small model repeating itself
         if result.text:
             self.kept.append(result)
         elif result.dropped:
             self.dropped.append(result.dropped.strip())
         return result.text
 
+    def _take(self, units: list[str]) -> list[str]:
+        fresh, self.done = units[self.done :], max(self.done, len(units))
+        return [t for t in map(self._check, fresh) if t]
+
     def feed(self, delta: str) -> list[str]:
-        self.buffer += delta
-        units = text_units(self.buffer)
-        if self.buffer.endswith("\n"):
-            complete, self.buffer = units, ""
-        else:
-            complete, self.buffer = units[:-1], (units[-1] if units else "")
-        return [t for t in map(self._check, complete) if t]
+        self.raw += delta
+        units = text_units(self.raw)
+        if not self.raw.endswith("\n"):
+            units = units[:-1]
+            if units and re.fullmatch(r"\[[^\]]*\]?", text_units(self.raw)[-1]):
+                units = units[:-1]  # "... gap. [1" : the marker may still belong to the sentence before it
+        return self._take(units)
 
     def finish(self) -> list[str]:
-        units, self.buffer = text_units(self.buffer), ""
-        return [t for t in map(self._check, units) if t]
+        return self._take(text_units(self.raw))
 
 
 def text_units(text: str) -> list[str]:

@@ -12,8 +12,13 @@ from rag.settings import Settings
 def cmd_index(args, settings: Settings) -> int:
     from rag.index import build_index
 
-    report = build_index(settings, args.paths, rebuild=args.rebuild, skip_bad=args.skip_bad,
-                         progress=not args.json and sys.stderr.isatty() or args.progress)
+    report = build_index(
+        settings,
+        args.paths,
+        rebuild=args.rebuild,
+        skip_bad=args.skip_bad,
+        progress=not args.json and sys.stderr.isatty() or args.progress,
+    )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0
@@ -41,6 +46,65 @@ def cmd_search(args, settings: Settings) -> int:
     return 0
 
 
+def with_backend(settings: Settings, backend: str | None) -> Settings:
+    return Settings.model_validate({**settings.model_dump(), "llm_backend": backend}) if backend else settings
+
+
+def print_answer_stream(assistant, question: str, history: list | None, k: int | None, mode: str | None):
+    """Print the answer as it streams, then the references and any notice; returns the Answer."""
+    from rag.answer import Answer
+
+    answer = None
+    for item in assistant.stream(question, history, k=k, mode=mode):
+        if isinstance(item, Answer):
+            answer = item
+        else:
+            print(item, end="", flush=True)
+    print()
+    if answer.citations:
+        print("\nReferences:")
+        for c in answer.citations:
+            print(f"[{c['n']}] {c['title']}\n    {c['url']}")
+    for notice in answer.notices:
+        print(f"note: {notice}", file=sys.stderr)
+    return answer
+
+
+def cmd_ask(args, settings: Settings) -> int:
+    from rag.assistant import Assistant
+
+    assistant = Assistant(with_backend(settings, args.backend))
+    if args.json:
+        print(
+            json.dumps(assistant.ask(args.question, k=args.k, mode=args.mode).to_dict(), indent=2, ensure_ascii=False)
+        )
+    else:
+        print_answer_stream(assistant, args.question, None, args.k, args.mode)
+    return 0
+
+
+def cmd_chat(args, settings: Settings) -> int:
+    from rag.assistant import Assistant
+
+    assistant = Assistant(with_backend(settings, args.backend))
+    history: list[dict] = []
+    print("Ask about the indexed papers. Follow-up questions use the conversation. /clear forgets it; Ctrl-D quits.")
+    while True:
+        try:
+            question = input("\n> ").strip()
+        except EOFError:
+            print()
+            return 0
+        if question in ("/quit", "/exit"):
+            return 0
+        if question == "/clear":
+            history.clear()
+            continue
+        if question:
+            answer = print_answer_stream(assistant, question, history, args.k, args.mode)
+            history += [{"role": "user", "content": question}, {"role": "assistant", "content": answer.text}]
+
+
 def cmd_ui(args, settings: Settings) -> int:
     from rag.assistant import Assistant
     from ui.app import launch
@@ -55,10 +119,14 @@ def cmd_eval(args, settings: Settings) -> int:
     from rag.assistant import Assistant
     from rag.evaluate import evaluate, format_markdown
 
-    if args.backend:
-        settings = Settings.model_validate({**settings.model_dump(), "llm_backend": args.backend})
-    report = evaluate(Assistant(settings), args.file, mode=args.mode, limit=args.limit, answers=not args.search_only,
-                      progress=not args.json)
+    report = evaluate(
+        Assistant(with_backend(settings, args.backend)),
+        args.file,
+        mode=args.mode,
+        limit=args.limit,
+        answers=not args.search_only,
+        progress=not args.json,
+    )
     print(json.dumps(report, indent=2) if args.json else format_markdown(report))
     return 0
 
@@ -79,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("index", help="index corpus files (the bundled corpus when the index is empty)")
-    p.add_argument("paths", nargs="*", help="corpus files or folders to add (.txt page scrape, .json/.jsonl, .csv, .bib)")
+    p.add_argument(
+        "paths", nargs="*", help="corpus files or folders to add (.txt page scrape, .json/.jsonl, .csv, .bib)"
+    )
     p.add_argument("--rebuild", action="store_true", help="start from scratch instead of updating")
     p.add_argument("--skip-bad", action="store_true", help="index the good files and list the bad ones")
     p.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
@@ -92,6 +162,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["hybrid", "dense", "bm25"], default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_search)
+
+    for name, helptext in (
+        ("ask", "answer a question with cited evidence"),
+        ("chat", "a conversation in the terminal"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        if name == "ask":
+            p.add_argument("question")
+            p.add_argument("--json", action="store_true", help="print the whole Answer as JSON")
+        p.add_argument("--backend", choices=["llamacpp", "transformers", "openai", "none"], default=None)
+        p.add_argument("--k", type=int, default=None, help="papers retrieved (default RAG_SEARCH_K)")
+        p.add_argument("--mode", choices=["hybrid", "dense", "bm25"], default=None)
+        p.set_defaults(run=cmd_ask if name == "ask" else cmd_chat)
 
     p = sub.add_parser("ui", help="start the Gradio chat app (http://127.0.0.1:7860 by default)")
     p.add_argument("--host", default=None, help="address to bind (default RAG_UI_HOST, 127.0.0.1)")
@@ -125,8 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     except (CorpusError, IndexingError, ModelError, RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
     except OSError as e:
-        print(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}; the existing index is unchanged",
-              file=sys.stderr)
+        print(
+            f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}; the existing index is unchanged",
+            file=sys.stderr,
+        )
     except KeyboardInterrupt:
         print("interrupted; the existing index is unchanged", file=sys.stderr)
         return 130

@@ -128,6 +128,8 @@ def score_question(q: dict, hits: list, answer=None) -> dict:
             "citations_valid": None if answer.refused else citations_valid(
                 answer.text, answer.citations, {h.paper_id for h in hits}),
             "gold_cited": gold_cited(answer.citations, gold) if q["type"] in ("lookup", "fact") else None,
+            "dropped": len(answer.dropped),  # generated sentences the verifier removed
+            "notices": answer.notices,
             "timings": answer.timings,
         })
     return row

@@ -20,7 +20,8 @@ from rag.sentences import split_sentences
 W_MEANING, W_WORDS, W_NUMBERS, W_RANK = 0.5, 0.4, 0.1, 0.1
 STRONG_MATCH = 0.6  # evidence this close answers the question even if some of its words are new to the corpus
 
-STOPWORDS = set("""
+STOPWORDS = set(
+    """
 a about above after again against all also am an and any are aren as at be because been before being below between
 both but by can could did do does doing down during each few for from further had has have having he her here hers
 him his how i if in into is it its itself just me more most my no nor not now of off on once only or other our ours
@@ -29,26 +30,43 @@ too under until up very was we were what when where which while who whom why wil
 much many
 paper papers work works study studies approach approaches method methods propose proposed proposes use used using
 show shows based new way ways one two kind any anything something here corpus say says tell find
-""".split())
+""".split()
+)
 
 NUMBER = re.compile(r"\d")
-QUANTITY_QUESTION = re.compile(r"\b(how (many|much|large|big|fast|long|often)|what (percentage|fraction|number|"
-                               r"size|accuracy|score)|by how|which (size|number))\b", re.I)
+QUANTITY_QUESTION = re.compile(
+    r"\b(how (many|much|large|big|fast|long|often)|what (percentage|fraction|number|"
+    r"size|accuracy|score)|by how|which (size|number))\b",
+    re.I,
+)
 
 # Kinds of fact that abstracts rarely state: (what the question asks, what evidence must show to answer it).
 FACT_KINDS = {
-    "authors": (re.compile(r"\b(who (wrote|authored|are the authors|is the author)|authors? of|written by)\b", re.I),
-                re.compile(r"\bauthors?:|\bet al\b", re.I)),
-    "year": (re.compile(r"\b((what|which) year|when was .* (published|released)|publication (date|year))\b", re.I),
-             re.compile(r"\b(19|20)\d\d\b")),
-    "venue": (re.compile(r"\b(which|what) (venue|conference|journal)\b|\bpublished (at|in) which\b", re.I),
-              re.compile(r"\b(NeurIPS|ICML|ICLR|ACL|EMNLP|NAACL|CVPR|ICCV|ECCV|AAAI|IJCAI|KDD|SIGIR|conference|"
-                         r"journal|workshop|proceedings)\b", re.I)),
+    "authors": (
+        re.compile(r"\b(who (wrote|authored|are the authors|is the author)|authors? of|written by)\b", re.I),
+        re.compile(r"\bauthors?:|\bet al\b", re.I),
+    ),
+    "year": (
+        re.compile(r"\b((what|which) year|when was .* (published|released)|publication (date|year))\b", re.I),
+        re.compile(r"\b(19|20)\d\d\b"),
+    ),
+    "venue": (
+        re.compile(r"\b(which|what) (venue|conference|journal)\b|\bpublished (at|in) which\b", re.I),
+        re.compile(
+            r"\b(NeurIPS|ICML|ICLR|ACL|EMNLP|NAACL|CVPR|ICCV|ECCV|AAAI|IJCAI|KDD|SIGIR|conference|"
+            r"journal|workshop|proceedings)\b",
+            re.I,
+        ),
+    ),
     "licence": (re.compile(r"\blicen[cs]e[ds]?\b", re.I), re.compile(r"\b(licen[cs]e|MIT|Apache|GPL|CC[- ]BY)\b")),
-    "hardware": (re.compile(r"\b(what|which) (gpus?|tpus?|hardware|accelerators?)\b|\bhardware\b", re.I),
-                 re.compile(r"\b(GPUs?|TPUs?|A100|H100|V100|A6000|RTX|hardware)\b")),
-    "money": (re.compile(r"\bhow much money\b|\bcost to train\b|\bwhat did .* cost\b|\bprice\b|\bin dollars\b", re.I),
-              re.compile(r"\$\s?\d|\b(USD|dollars?)\b", re.I)),
+    "hardware": (
+        re.compile(r"\b(what|which) (gpus?|tpus?|hardware|accelerators?)\b|\bhardware\b", re.I),
+        re.compile(r"\b(GPUs?|TPUs?|A100|H100|V100|A6000|RTX|hardware)\b"),
+    ),
+    "money": (
+        re.compile(r"\bhow much money\b|\bcost to train\b|\bwhat did .* cost\b|\bprice\b|\bin dollars\b", re.I),
+        re.compile(r"\$\s?\d|\b(USD|dollars?)\b", re.I),
+    ),
 }
 
 
@@ -155,8 +173,9 @@ def topic_words(question: str, vocabulary) -> tuple[list[str], list[str]]:
     return words, [w for w, s in zip(words, stems) if s not in vocabulary]
 
 
-def refusal_reason(question: str, evidence: list[Evidence], vocabulary, refuse_below: float,
-                   unknown_share: float) -> str | None:
+def refusal_reason(
+    question: str, evidence: list[Evidence], vocabulary, refuse_below: float, unknown_share: float
+) -> str | None:
     """Why the evidence cannot answer the question, or None when it can.
 
     Three checks: the best sentence must score at least `refuse_below`; the question's own topic words must occur

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 from rag import storage
@@ -47,8 +47,10 @@ class IndexReport:
         return asdict(self)
 
     def summary(self) -> str:
-        return (f"{self.papers} papers, {self.chunks} chunks: {self.new} new, {self.changed} changed, "
-                f"{self.removed} removed in {self.seconds:.1f} s ({self.index_dir})")
+        return (
+            f"{self.papers} papers, {self.chunks} chunks: {self.new} new, {self.changed} changed, "
+            f"{self.removed} removed in {self.seconds:.1f} s ({self.index_dir})"
+        )
 
 
 def resolve_source(source: str) -> Path:
@@ -61,14 +63,16 @@ def source_label(path: str | Path) -> str:
 
 
 def read_manifest(gen: Path | None) -> dict:
-    return storage.json.loads((gen / "manifest.json").read_text()) if gen else {}
+    return json.loads((gen / "manifest.json").read_text()) if gen else {}
 
 
 def check_model(manifest: dict, settings: Settings) -> None:
     built_with, wanted = manifest.get("embed_model"), embed_model_label(settings.embed_model)
     if built_with and built_with != wanted:
-        raise IndexingError(f"the index in {settings.index_dir} was built with the embedding model {built_with!r} "
-                            f"but RAG_EMBED_MODEL is {wanted!r}: run `rag index --rebuild`")
+        raise IndexingError(
+            f"the index in {settings.index_dir} was built with the embedding model {built_with!r} "
+            f"but RAG_EMBED_MODEL is {wanted!r}: run `rag index --rebuild`"
+        )
 
 
 def load_papers(sources: list[str], skip_bad: bool) -> tuple[list[Paper], list[str], list[str]]:
@@ -96,16 +100,11 @@ def chunk_papers(papers: list[Paper], embedder, chunk_tokens: int) -> list:
     from llama_index.core.node_parser import SentenceSplitter
 
     tokenizer = embedder.tokenizer
-
-    @lru_cache(maxsize=65536)  # the splitter tokenizes the same pieces more than once
-    def tokenize(text: str) -> tuple[int, ...]:
-        return tuple(tokenizer.encode(text, add_special_tokens=False))
-
     splitter = SentenceSplitter(
         chunk_size=chunk_tokens - 4,
         chunk_overlap=CHUNK_OVERLAP,
-        tokenizer=tokenize,
-        chunking_tokenizer_fn=split_sentences,
+        tokenizer=lambda text: tokenizer.encode(text, add_special_tokens=False),
+        chunking_tokenizer_fn=split_sentences,  # instead of NLTK punkt: 1.6 s less import per cold index
         id_func=lambda i, doc: f"{doc.id_}-{i}",
         include_prev_next_rel=False,
     )
@@ -254,17 +253,21 @@ def build_index(
 
         new_gen = storage.new_generation(index_dir)
         try:
-            report.chunks = _write_generation(settings, gen, new_gen, papers, added + changed, removed, report,
-                                              progress)
+            report.chunks = _write_generation(
+                settings, gen, new_gen, papers, added + changed, removed, report, progress
+            )
             storage.write_jsonl(new_gen / "papers.jsonl", [p.to_dict() for p in papers])
-            storage.write_json(new_gen / "manifest.json", {
-                "embed_model": report.embed_model,
-                "chunk_tokens": settings.chunk_tokens,
-                "sources": sources,
-                "papers": len(papers),
-                "chunks": report.chunks,
-                "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            })
+            storage.write_json(
+                new_gen / "manifest.json",
+                {
+                    "embed_model": report.embed_model,
+                    "chunk_tokens": settings.chunk_tokens,
+                    "sources": sources,
+                    "papers": len(papers),
+                    "chunks": report.chunks,
+                    "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                },
+            )
             storage.publish(index_dir, new_gen)
         except BaseException:
             shutil.rmtree(new_gen, ignore_errors=True)

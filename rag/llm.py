@@ -4,7 +4,7 @@ endpoints (`RAG_LLM_BACKEND`). Each import is lazy and a missing piece is an err
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from rag.models import BUNDLED, BUNDLED_LLM_NAME, ModelError, gguf_location
 from rag.settings import Settings
@@ -14,10 +14,28 @@ class LLMError(RuntimeError):
     """The LLM failed while answering (unreachable, timed out, bad output); the evidence answer still stands."""
 
 
-def chatml(messages: Sequence) -> str:
-    """ChatML, the template of SmolLM2 (and Qwen and many small instruct models) for llama-index's LlamaCPP."""
-    parts = [f"<|im_start|>{m.role.value}\n{m.content}<|im_end|>\n" for m in messages]
-    return "".join(parts) + "<|im_start|>assistant\n"
+def gguf_chat_template(model) -> Callable[[Sequence], str]:
+    """messages_to_prompt for llama-index's LlamaCPP from the chat template stored in the GGUF itself.
+
+    LlamaCPP formats prompts with Llama-2 tags unless told otherwise; a hand-written ChatML made SmolLM2 answer
+    "Repeat exactly: ..." with an unrelated math story, while its own template (which adds its default system
+    prompt) repeats the text exactly.
+    """
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    template = model.metadata.get("tokenizer.chat_template")
+    if not template:
+        raise ModelError("the GGUF has no chat template (tokenizer.chat_template); use an instruct model")
+    formatter = Jinja2ChatFormatter(
+        template=template,
+        eos_token=model.detokenize([model.token_eos()]).decode(errors="ignore"),
+        bos_token=model.detokenize([model.token_bos()]).decode(errors="ignore"),
+    )
+
+    def to_prompt(messages: Sequence) -> str:
+        return formatter(messages=[{"role": m.role.value, "content": m.content} for m in messages]).prompt
+
+    return to_prompt
 
 
 def describe(settings: Settings) -> str:
@@ -40,23 +58,25 @@ def make_llm(settings: Settings):
             try:
                 from llama_index.llms.llama_cpp import LlamaCPP
             except ImportError:
-                raise ModelError("the llamacpp backend needs llama-cpp-python and llama-index-llms-llama-cpp "
-                                 "(pip install abstract-rag), or set RAG_LLM_BACKEND") from None
+                raise ModelError(
+                    "the llamacpp backend needs llama-cpp-python and llama-index-llms-llama-cpp "
+                    "(pip install abstract-rag), or set RAG_LLM_BACKEND"
+                ) from None
             path = gguf_location(settings.llm_model)
             try:
-                return LlamaCPP(
+                llm = LlamaCPP(
                     model_path=str(path),
                     temperature=settings.llm_temperature,
                     max_new_tokens=settings.llm_max_tokens,
                     context_window=settings.llm_context,
-                    messages_to_prompt=chatml,
-                    completion_to_prompt=lambda text: chatml_user(text),
-                    generate_kwargs={"stop": ["<|im_end|>", "<|endoftext|>"]},
+                    generate_kwargs={"stop": ["<|im_end|>", "<|endoftext|>", "</s>", "<|eot_id|>"]},
                     model_kwargs={"n_threads": settings.llm_threads, "n_ctx": settings.llm_context},
                     verbose=False,
                 )
             except (ValueError, RuntimeError) as e:
                 raise ModelError(f"cannot load {path} with llama.cpp (RAG_LLM_MODEL): {e}") from None
+            llm.messages_to_prompt = gguf_chat_template(llm._model)
+            return llm
         case "transformers":
             return make_transformers_llm(settings)
         case "openai":
@@ -77,12 +97,6 @@ def make_llm(settings: Settings):
                 max_retries=settings.openai_retries,
             )
     raise ModelError(f"unknown RAG_LLM_BACKEND {settings.llm_backend!r} (llamacpp, transformers, openai or none)")
-
-
-def chatml_user(text: str) -> str:
-    from llama_index.core.llms import ChatMessage
-
-    return chatml([ChatMessage(role="user", content=text)])
 
 
 def make_transformers_llm(settings: Settings):
@@ -109,8 +123,11 @@ def make_transformers_llm(settings: Settings):
         rows = [{"role": m.role.value, "content": m.content} for m in messages]
         return tokenizer.apply_chat_template(rows, tokenize=False, add_generation_prompt=True)
 
-    sampling = {"do_sample": False} if settings.llm_temperature == 0 else {
-        "do_sample": True, "temperature": settings.llm_temperature}
+    sampling = (
+        {"do_sample": False}
+        if settings.llm_temperature == 0
+        else {"do_sample": True, "temperature": settings.llm_temperature}
+    )
     return HuggingFaceLLM(
         model=model,
         tokenizer=tokenizer,

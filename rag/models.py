@@ -21,8 +21,10 @@ def package_file(package: str, relative: str, setting: str) -> Path:
     """A file inside an installed package, located without importing it."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"the package {package!r} is not installed (pip install {package.replace('_', '-')}), "
-                         f"or set {setting} to a model of your own")
+        raise ModelError(
+            f"the package {package!r} is not installed (pip install {package.replace('_', '-')}), "
+            f"or set {setting} to a model of your own"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / relative
     if not path.exists():
         raise ModelError(f"{path} is missing from the package {package!r}; reinstall it or set {setting}")

@@ -68,11 +68,15 @@ class Searcher:
     def ranked_papers(self, query: str, mode: str) -> list[tuple[str, float, str]]:
         """(paper_id, score, snippet text) best first, for one retrieval mode."""
         if mode == "dense":
-            return [(n.node.metadata["paper_id"], float(n.score or 0), "") for n in self.dense_retriever().retrieve(query)]
+            return [
+                (n.node.metadata["paper_id"], float(n.score or 0), "") for n in self.dense_retriever().retrieve(query)
+            ]
         if mode == "bm25":
             return best_chunk_per_paper(self.bm25_retriever().retrieve(query))
         if mode == "hybrid":
-            return fuse(self.ranked_papers(query, "dense"), self.ranked_papers(query, "bm25"), self.settings.dense_weight)
+            return fuse(
+                self.ranked_papers(query, "dense"), self.ranked_papers(query, "bm25"), self.settings.dense_weight
+            )
         raise ValueError(f"unknown search mode {mode!r} (hybrid, dense or bm25)")
 
     def search(self, query: str, k: int | None = None, mode: str | None = None) -> list[Hit]:
@@ -87,7 +91,9 @@ class Searcher:
                 continue
             text = text or paper["abstract"]
             snippet = text if len(text) <= SNIPPET_CHARS else text[:SNIPPET_CHARS].rsplit(" ", 1)[0] + " …"
-            hits.append(Hit(len(hits) + 1, pid, paper["title"], paper["url"], round(score, 4), snippet, paper["source"]))
+            hits.append(
+                Hit(len(hits) + 1, pid, paper["title"], paper["url"], round(score, 4), snippet, paper["source"])
+            )
             if len(hits) == k:
                 break
         return hits
@@ -104,8 +110,9 @@ def best_chunk_per_paper(ranked: list) -> list[tuple[str, float, str]]:
     return out
 
 
-def fuse(dense: list[tuple[str, float, str]], sparse: list[tuple[str, float, str]],
-         dense_weight: float) -> list[tuple[str, float, str]]:
+def fuse(
+    dense: list[tuple[str, float, str]], sparse: list[tuple[str, float, str]], dense_weight: float
+) -> list[tuple[str, float, str]]:
     """Relative-score fusion at paper level: each list's scores min-max normalized over its candidates, then
     dense_weight * dense + (1 - dense_weight) * bm25; a paper missing from a list gets 0 from it.
 
@@ -113,6 +120,7 @@ def fuse(dense: list[tuple[str, float, str]], sparse: list[tuple[str, float, str
     and here dense ranks papers while BM25 ranks chunks. On the dev set it beat reciprocal-rank fusion
     (Recall@5 0.955 against 0.939; bench/run.py quality table).
     """
+
     def normalized(ranking):
         if not ranking:
             return {}

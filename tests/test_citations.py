@@ -10,10 +10,24 @@ from rag.evidence import Evidence, asked_kind, refusal_reason, select, topic_wor
 from rag.sentences import split_sentences
 
 EVIDENCE = [
-    Evidence(1, "p1", "Tuning Language Models by Proxy", "u1",
-             "Proxy-tuning closes 88% of the gap between Llama2-70B and its truly-tuned chat version.", 0.9, 1),
-    Evidence(2, "p2", "LoRA: Low-Rank Adaptation", "u2",
-             "LoRA reduces the number of trainable parameters by 10,000 times.", 0.7, 2),
+    Evidence(
+        1,
+        "p1",
+        "Tuning Language Models by Proxy",
+        "u1",
+        "Proxy-tuning closes 88% of the gap between Llama2-70B and its truly-tuned chat version.",
+        0.9,
+        1,
+    ),
+    Evidence(
+        2,
+        "p2",
+        "LoRA: Low-Rank Adaptation",
+        "u2",
+        "LoRA reduces the number of trainable parameters by 10,000 times.",
+        0.7,
+        2,
+    ),
 ]
 
 
@@ -64,8 +78,14 @@ def test_unsupported_sentences_are_dropped(sentence):
 def test_stream_verifier_emits_verified_sentences_as_they_complete():
     verifier = StreamVerifier(EVIDENCE)
     out = []
-    for piece in ["Proxy-tuning closes 88% of the gap", " [1].", " Cats are", " great pets.", " LoRA reduces",
-                  " trainable parameters by 10,000 times"]:
+    for piece in [
+        "Proxy-tuning closes 88% of the gap",
+        " [1].",
+        " Cats are",
+        " great pets.",
+        " LoRA reduces",
+        " trainable parameters by 10,000 times",
+    ]:
         out += verifier.feed(piece)
     assert out == ["Proxy-tuning closes 88% of the gap [1]."]
     out += verifier.finish()
@@ -119,8 +139,11 @@ def test_asked_kind_and_topic_words():
 
 def test_followups_are_searched_with_the_previous_question():
     history = [{"role": "user", "content": "What is proxy-tuning?"}, {"role": "assistant", "content": "..."}]
-    assert resolve("and how does it compare to LoRA?", history) == "What is proxy-tuning? and how does it compare to LoRA?"
+    assert (
+        resolve("and how does it compare to LoRA?", history) == "What is proxy-tuning? and how does it compare to LoRA?"
+    )
     assert resolve("Which papers study many-shot in-context learning with long-context models?", history) == (
-        "Which papers study many-shot in-context learning with long-context models?")
+        "Which papers study many-shot in-context learning with long-context models?"
+    )
     assert resolve("and how does it compare to LoRA?", None) == "and how does it compare to LoRA?"
     assert resolve("what about LoRA?", [("What is proxy-tuning?", "...")]) == "What is proxy-tuning? what about LoRA?"

@@ -6,11 +6,13 @@ import json
 
 import pytest
 
-from rag.corpus import CorpusError, corpus_files, merge, paper_id, parse_file, paper_url
+from rag.corpus import CorpusError, corpus_files, merge, paper_id, paper_url, parse_file
 from rag.index import BUNDLED_DIR
 
-ABSTRACT = ("We study how small language models can be tuned with very little data and report that a simple recipe "
-            "reaches 88% of the quality of full fine-tuning on five benchmarks.")
+ABSTRACT = (
+    "We study how small language models can be tuned with very little data and report that a simple recipe "
+    "reaches 88% of the quality of full fine-tuning on five benchmarks."
+)
 
 
 def write(tmp_path, name, text, mode="w"):
@@ -38,8 +40,10 @@ def test_bundled_scrapes_parse_to_737_entries_and_693_papers():
 
 
 def test_scrape_with_chrome_lines_and_glued_subscribe(tmp_path):
-    text = ("Get trending papers in your email inbox!\n\nSubscribeFirst Title\n" + ABSTRACT + "\nnew\nMar 12\n"
-            "byAK and the research community\nSecond Title\n\n" + ABSTRACT + " Second.\n")
+    text = (
+        "Get trending papers in your email inbox!\n\nSubscribeFirst Title\n" + ABSTRACT + "\nnew\nMar 12\n"
+        "byAK and the research community\nSecond Title\n\n" + ABSTRACT + " Second.\n"
+    )
     papers = parse_file(write(tmp_path, "page.txt", text))
     assert [p.title for p in papers] == ["First Title", "Second Title"]
     assert papers[0].line == 3 and papers[0].source == "page.txt"
@@ -80,8 +84,14 @@ def test_json_array_jsonl_and_arxiv_snapshot(tmp_path):
     records = [{"title": "Array Paper", "abstract": ABSTRACT, "url": "https://example.org/p", "authors": ["A. B"]}]
     papers = parse_file(write(tmp_path, "a.json", json.dumps(records)))
     assert papers[0].url == "https://example.org/p" and papers[0].authors == "A. B"
-    arxiv = {"id": "2101.00190", "title": "Prefix-Tuning:\n  Optimizing", "abstract": "  " + ABSTRACT + "\n",
-             "authors": "Xiang Lisa Li, Percy Liang", "categories": "cs.CL", "update_date": "2021-01-01"}
+    arxiv = {
+        "id": "2101.00190",
+        "title": "Prefix-Tuning:\n  Optimizing",
+        "abstract": "  " + ABSTRACT + "\n",
+        "authors": "Xiang Lisa Li, Percy Liang",
+        "categories": "cs.CL",
+        "update_date": "2021-01-01",
+    }
     papers = parse_file(write(tmp_path, "snap.jsonl", json.dumps(arxiv) + "\n\n"))
     p = papers[0]
     assert p.title == "Prefix-Tuning: Optimizing" and p.abstract == ABSTRACT
@@ -91,8 +101,11 @@ def test_json_array_jsonl_and_arxiv_snapshot(tmp_path):
 @pytest.mark.parametrize(
     "name, text, match",
     [
-        ("m.jsonl", json.dumps({"title": "T", "abstract": ABSTRACT}) + "\n" + json.dumps({"title": "No abs"}),
-         r"m.jsonl:2: line 2 has no 'abstract' field"),
+        (
+            "m.jsonl",
+            json.dumps({"title": "T", "abstract": ABSTRACT}) + "\n" + json.dumps({"title": "No abs"}),
+            r"m.jsonl:2: line 2 has no 'abstract' field",
+        ),
         ("m.jsonl", '{"title": "T", "abstract": "x"\n', r"m.jsonl:1: invalid JSON line"),
         ("m.json", json.dumps([{"title": "T", "abstract": ""}]), r"m.json:1: record 'T' has no abstract"),
         ("m.json", json.dumps([1, 2]), r"item 1 is not a JSON object"),
@@ -111,9 +124,11 @@ def test_csv_and_bibtex(tmp_path):
     csv_text = 'title,abstract,id\n"A, with comma","' + ABSTRACT + '",2310.01234\n'
     papers = parse_file(write(tmp_path, "p.csv", csv_text))
     assert papers[0].title == "A, with comma" and papers[0].url == "https://arxiv.org/abs/2310.01234"
-    bib = ("@comment{ignored}\n@article{key1,\n  title = {{LoRA}: Low-Rank Adaptation},\n  author = {Hu, Edward},\n"
-           "  year = 2021,\n  eprint = {2106.09685}, archivePrefix = {arXiv},\n  abstract = {" + ABSTRACT + "}\n}\n"
-           "@inproceedings{key2, title = \"No abstract here\"}\n")
+    bib = (
+        "@comment{ignored}\n@article{key1,\n  title = {{LoRA}: Low-Rank Adaptation},\n  author = {Hu, Edward},\n"
+        "  year = 2021,\n  eprint = {2106.09685}, archivePrefix = {arXiv},\n  abstract = {" + ABSTRACT + "}\n}\n"
+        '@inproceedings{key2, title = "No abstract here"}\n'
+    )
     papers = parse_file(write(tmp_path, "refs.bib", bib))
     assert len(papers) == 1
     assert papers[0].title == "LoRA: Low-Rank Adaptation" and papers[0].year == "2021"
@@ -131,3 +146,14 @@ def test_merge_same_title_same_abstract_keeps_all_sources(tmp_path):
     b = parse_file(write(tmp_path, "b.jsonl", json.dumps({"title": "same", "abstract": ABSTRACT})))
     merged, notes = merge(a + b)
     assert len(merged) == 1 and merged[0].sources == ["a.jsonl:1", "b.jsonl:1"] and not notes
+
+
+def test_env_example_documents_every_setting():
+    from pathlib import Path
+
+    from rag.settings import Settings
+
+    text = (Path(__file__).parents[1] / ".env.example").read_text()
+    for name, field in Settings.model_fields.items():
+        assert f"RAG_{name.upper()}=" in text, name
+        assert field.description and field.description in text, name

@@ -37,8 +37,9 @@ def write_records(path, rows):
 def test_search_finds_the_right_paper_in_every_mode(fixture_index):
     assistant = Assistant(Settings(index_dir=fixture_index))
     for mode in ("hybrid", "dense", "bm25"):
-        hits = assistant.search("decoding-time algorithm steering a black-box LM with a small tuned model",
-                                k=3, mode=mode)
+        hits = assistant.search(
+            "decoding-time algorithm steering a black-box LM with a small tuned model", k=3, mode=mode
+        )
         assert hits[0].title == PROXY, mode
         assert [h.rank for h in hits] == [1, 2, 3]
         assert len({h.paper_id for h in hits}) == 3  # one hit per paper
@@ -66,7 +67,9 @@ def test_incremental_reindex(corpus, isolated_index, monkeypatch):
 
     embedded = []
     real_embed = rag.index.embed_nodes
-    monkeypatch.setattr(rag.index, "embed_nodes", lambda nodes, *a, **k: (embedded.extend(nodes), real_embed(nodes, *a, **k)))
+    monkeypatch.setattr(
+        rag.index, "embed_nodes", lambda nodes, *a, **k: (embedded.extend(nodes), real_embed(nodes, *a, **k))
+    )
 
     again = build_index(settings, progress=False)
     assert (again.new, again.changed, again.removed) == (0, 0, 0) and not embedded
@@ -75,8 +78,13 @@ def test_incremental_reindex(corpus, isolated_index, monkeypatch):
     rows = records(corpus)
     rows[1]["abstract"] += " We also release code."
     del rows[2]
-    rows.append({"title": "A Brand New Paper", "abstract": "We introduce a brand new benchmark for testing retrieval "
-                 "augmented generation over abstracts of scientific papers."})
+    rows.append(
+        {
+            "title": "A Brand New Paper",
+            "abstract": "We introduce a brand new benchmark for testing retrieval "
+            "augmented generation over abstracts of scientific papers.",
+        }
+    )
     write_records(corpus, rows)
     update = build_index(settings, progress=False)
     assert (update.papers, update.new, update.changed, update.removed) == (10, 1, 1, 1)

@@ -19,13 +19,25 @@ from ui import app, render
 
 XSS_TITLE = "<img src=x onerror=alert(1)>"
 XSS_SCRIPT = "<script>alert(1)</script>"
-ABSTRACT = ("We tune a large model by proxy. In experiments we close 88% of the gap to the truly-tuned chat model. "
-            "The method needs no access to the weights.")
+ABSTRACT = (
+    "We tune a large model by proxy. In experiments we close 88% of the gap to the truly-tuned chat model. "
+    "The method needs no access to the weights."
+)
 PAPERS = {
-    "p1": {"id": "p1", "title": "Tuning Language Models by Proxy", "abstract": ABSTRACT,
-           "url": "https://arxiv.org/abs/2401.08565", "source": "papers.jsonl"},
-    "p2": {"id": "p2", "title": XSS_TITLE, "abstract": f"{XSS_SCRIPT} is what this abstract says. Nothing else.",
-           "url": "javascript:alert(1)", "source": "evil.jsonl"},
+    "p1": {
+        "id": "p1",
+        "title": "Tuning Language Models by Proxy",
+        "abstract": ABSTRACT,
+        "url": "https://arxiv.org/abs/2401.08565",
+        "source": "papers.jsonl",
+    },
+    "p2": {
+        "id": "p2",
+        "title": XSS_TITLE,
+        "abstract": f"{XSS_SCRIPT} is what this abstract says. Nothing else.",
+        "url": "javascript:alert(1)",
+        "source": "evil.jsonl",
+    },
 }
 
 
@@ -34,19 +46,31 @@ def evidence(n, pid, quote, score=0.7, rank=1):
 
 
 def cited_answer(question="How much of the gap does proxy-tuning close?") -> Answer:
-    ev = [evidence(1, "p1", "In experiments we close 88% of the gap to the truly-tuned chat model.", 0.81),
-          evidence(2, "p2", f"{XSS_SCRIPT} is what this abstract says.", 0.5, 2)]
-    text = (f"Proxy-tuning closes 88% of the gap [1]. {XSS_TITLE} [2].\n\nEvidence:\n"
-            + "\n".join(f'[{e.n}] "{e.quote}" ({e.title})' for e in ev))
-    return Answer(question=question, text=text, refused=False, evidence=ev,
-                  citations=[{"n": e.n, "paper_id": e.paper_id, "title": e.title, "url": e.url, "quote": e.quote}
-                             for e in ev], backend="fake")
+    ev = [
+        evidence(1, "p1", "In experiments we close 88% of the gap to the truly-tuned chat model.", 0.81),
+        evidence(2, "p2", f"{XSS_SCRIPT} is what this abstract says.", 0.5, 2),
+    ]
+    text = f"Proxy-tuning closes 88% of the gap [1]. {XSS_TITLE} [2].\n\nEvidence:\n" + "\n".join(
+        f'[{e.n}] "{e.quote}" ({e.title})' for e in ev
+    )
+    return Answer(
+        question=question,
+        text=text,
+        refused=False,
+        evidence=ev,
+        citations=[{"n": e.n, "paper_id": e.paper_id, "title": e.title, "url": e.url, "quote": e.quote} for e in ev],
+        backend="fake",
+    )
 
 
 def refused_answer() -> Answer:
     hit = Hit(1, "p2", XSS_TITLE, "https://example.org/p2", 0.03, f"{XSS_SCRIPT} snippet", "evil.jsonl")
-    return Answer(question="Who wrote it?", text="I could not find this in the indexed papers: no passage.",
-                  refused=True, closest=[hit])
+    return Answer(
+        question="Who wrote it?",
+        text="I could not find this in the indexed papers: no passage.",
+        refused=True,
+        closest=[hit],
+    )
 
 
 class FakeAssistant:
@@ -79,8 +103,14 @@ class FakeAssistant:
         self.settings = self.settings.model_copy(update=changes)
 
     def status(self):
-        return {"papers": len(self.searcher.papers), "chunks": 3, "embed_model": "fake-embed", "built_at": "",
-                "index_dir": str(self.settings.index_dir), "llm": f"{self.settings.llm_backend}: fake"}
+        return {
+            "papers": len(self.searcher.papers),
+            "chunks": 3,
+            "embed_model": "fake-embed",
+            "built_at": "",
+            "index_dir": str(self.settings.index_dir),
+            "llm": f"{self.settings.llm_backend}: fake",
+        }
 
     def sources(self):
         return [{"source": "papers.jsonl", "papers": 2}]
@@ -162,8 +192,16 @@ def test_refusal_looks_different_and_lists_closest_papers(tmp_path):
 def test_a_failing_answer_is_one_line(tmp_path):
     fake = FakeAssistant(tmp_path, fail=RuntimeError("llama.cpp exploded\nTraceback (most recent call last): ..."))
     final_chat, _, turns, notice, _, _ = run_chat(fake)[-1]
-    assert "Error: RuntimeError: llama.cpp exploded" in notice and "Traceback" not in notice
+    assert "Error: RuntimeError: llama.cpp exploded" in notice and "Traceback" not in notice and "rag-error" in notice
     assert "Partial" in final_chat[-1]["content"] and len(turns) == 1
+
+
+def test_answer_notices_show_as_one_line(tmp_path):
+    answer = cited_answer()
+    answer.notices = ["The LLM (llamacpp) failed: ModelError: cannot load x.gguf. Showing the evidence only."]
+    final_chat, _, _, notice, _, _ = run_chat(FakeAssistant(tmp_path, answer=answer))[-1]
+    assert "rag-warn" in notice and "cannot load x.gguf" in notice and notice.count("<div") == 1
+    assert "cannot load x.gguf" in final_chat[-1]["content"]
 
 
 def test_empty_question_does_nothing(fake):
@@ -189,8 +227,9 @@ def test_export_markdown_has_questions_answers_and_references():
 
 def test_highlight_marks_the_evidence_in_the_abstract():
     out = render.highlight(ABSTRACT, [(1, "The method needs no access to the weights.", 0.6), (2, "Year: 2024.", 0.5)])
-    assert '<mark title="evidence [1], score 0.60">The method needs no access to the weights.<sup>[1]</sup></mark>' \
-        in out
+    assert (
+        '<mark title="evidence [1], score 0.60">The method needs no access to the weights.<sup>[1]</sup></mark>' in out
+    )
     assert out.startswith("We tune a large model by proxy.") and "Year: 2024." in out
 
 
@@ -218,15 +257,18 @@ def test_status_and_settings(fake):
 # --- library -------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("papers.jsonl", "papers.jsonl"),
-    ("../../etc/passwd.jsonl", "passwd.jsonl"),
-    ("..\\..\\win.CSV", "win.csv"),
-    ("..jsonl", "upload.jsonl"),
-    (".hidden.bib", "hidden.bib"),
-    ("my papers (1).json", "my_papers_1.json"),
-    ("a..b...txt", "a.b.txt"),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("papers.jsonl", "papers.jsonl"),
+        ("../../etc/passwd.jsonl", "passwd.jsonl"),
+        ("..\\..\\win.CSV", "win.csv"),
+        ("..jsonl", "upload.jsonl"),
+        (".hidden.bib", "hidden.bib"),
+        ("my papers (1).json", "my_papers_1.json"),
+        ("a..b...txt", "a.b.txt"),
+    ],
+)
 def test_safe_name(name, expected):
     assert app.safe_name(name) == expected
 
@@ -242,7 +284,8 @@ def test_upload_is_copied_under_uploads_and_indexed(fake, tmp_path):
     src.write_text('{"title": "T", "abstract": "A"}\n')
     message, rows, status = app.add_corpus(fake, str(src), progress=lambda *a, **k: None)
     dest = fake.calls[-1][1]
-    assert dest == Path(fake.settings.index_dir) / "uploads" / "weird_name.jsonl" and dest.read_text() == src.read_text()
+    assert dest == Path(fake.settings.index_dir) / "uploads" / "weird_name.jsonl"
+    assert dest.read_text() == src.read_text()
     assert "Added weird_name.jsonl: 1 new papers" in message and rows == [["papers.jsonl", 2]]
     # same name, other content: kept beside it, never overwritten
     src.write_text('{"title": "U", "abstract": "B"}\n')

@@ -26,14 +26,23 @@ GOLD = "Tuning Language Models by Proxy"
 XSS_IMG = "<img src=x onerror=alert(1)>"
 XSS_SCRIPT = "<script>alert(1)</script>"
 XSS_PAPERS = [
-    {"title": XSS_IMG, "abstract": "Zebra finches learn their songs from adult tutors during a sensitive period. We "
-     "recorded the syllable sequences of 41 juvenile zebra finches and modelled how tutoring shapes them."},
-    {"title": XSS_SCRIPT, "abstract": "Axolotl limb regeneration relies on a blastema of dedifferentiated cells. We "
-     "map axolotl blastema cell states across twelve regeneration stages with single-cell sequencing."},
+    {
+        "title": XSS_IMG,
+        "abstract": "Zebra finches learn their songs from adult tutors during a sensitive period. We "
+        "recorded the syllable sequences of 41 juvenile zebra finches and modelled how tutoring shapes them.",
+    },
+    {
+        "title": XSS_SCRIPT,
+        "abstract": "Axolotl limb regeneration relies on a blastema of dedifferentiated cells. We "
+        "map axolotl blastema cell states across twelve regeneration stages with single-cell sequencing.",
+    },
 ]
-UPLOAD_PAPER = {"title": "Quokka Photon Sorting for Marsupial Vision Benchmarks", "abstract": "We introduce quokka "
-                "photon sorting, a method that bins photons by wavelength for marsupial vision benchmarks, and show "
-                "that it improves retinal model fits on three datasets."}
+UPLOAD_PAPER = {
+    "title": "Quokka Photon Sorting for Marsupial Vision Benchmarks",
+    "abstract": "We introduce quokka "
+    "photon sorting, a method that bins photons by wavelength for marsupial vision benchmarks, and show "
+    "that it improves retinal model fits on three datasets.",
+}
 
 
 def free_port() -> int:
@@ -50,12 +59,16 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 @pytest.fixture(scope="module")
 def app(bundled_index, tmp_path_factory):
     """(url, assistant) of the real app on a private copy of the bundled index, with the XSS papers added."""
-    if not CHROMIUM.exists():
-        pytest.skip("needs /usr/bin/chromium (apt-get install chromium)")
     index_dir = tmp_path_factory.mktemp("ui") / "index"
     shutil.copytree(bundled_index, index_dir)
     assistant = Assistant(Settings(index_dir=index_dir))
     assistant.add_files([write_jsonl(index_dir.parent / "xss.jsonl", XSS_PAPERS)])
+    started = time.perf_counter()
+    warm = assistant.ask(QUESTION)  # loads the LLM: the browser timing below is then the steady state
+    print(
+        f"\ncold start (server side): {time.perf_counter() - started:.1f} s for a whole answer, first text at "
+        f"{warm.timings.get('first_text', 0):.1f} s"
+    )
     port = free_port()
     demo = build_ui(assistant)
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
@@ -64,18 +77,22 @@ def app(bundled_index, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser(app):
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip("needs /usr/bin/chromium (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM),
-                              args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        b = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
         yield b
         b.close()
 
 
 @pytest.fixture
-def page(app, browser):
+def page(browser, app):
     """A fresh session on the app; `page.dialogs` collects any alert() that fires."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
@@ -88,33 +105,41 @@ def page(app, browser):
 
 
 def ask(page, question: str, timeout: float = 180_000) -> float:
-    """Type a question, press Enter, wait for the answer's source cards; returns seconds to the first text."""
+    """Type a question, press Enter, wait for its answer and source cards; returns seconds to the first text."""
+    turns = page.locator("#sources .rag-turn").count()
+    answers = page.locator(".rag-answer").count()
     page.fill("#question textarea", question)
     started = time.perf_counter()
     page.press("#question textarea", "Enter")
-    page.wait_for_selector(".rag-answer", timeout=timeout)
+    page.wait_for_function("n => document.querySelectorAll('.rag-answer').length > n", arg=answers, timeout=timeout)
     first_text = time.perf_counter() - started
-    page.wait_for_selector("#sources .rag-turn", timeout=timeout)
+    page.wait_for_function(
+        "n => document.querySelectorAll('#sources .rag-turn').length > n", arg=turns, timeout=timeout
+    )
     return first_text
 
 
 def test_answer_streams_with_citations_and_source_card(page):
     first_text = ask(page, QUESTION)
-    print(f"\nfirst answer text in the browser {first_text:.1f} s after Enter (cold: includes loading the models)")
+    print(f"\nfirst answer text in the browser {first_text:.1f} s after pressing Enter (models loaded)")
     answer = page.locator(".rag-answer").last
     assert "88%" in answer.inner_text()
     links = answer.locator("a.rag-cite")
     assert links.count() >= 1
     card = page.locator("#sources .rag-card", has=page.locator(f"a:text-is('{GOLD}')"))
     assert card.count() == 1 and "88%" in card.locator("mark").first.inner_text()
+    DOCS.mkdir(exist_ok=True)
+    page.screenshot(path=str(DOCS / "ui-answer.png"))
     # each [n] links to an anchor inside a source card, and following it highlights that card
     target = links.first.get_attribute("href")
     assert page.locator(f"#sources .rag-card {target}").count() == 1
     links.first.click()
     page.wait_for_function("h => location.hash === h", arg=target)
     assert page.locator(".rag-card:has(.rag-anchor:target)").count() == 1
-    DOCS.mkdir(exist_ok=True)
-    page.screenshot(path=str(DOCS / "ui-answer.png"))
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Export (Markdown)").click()
+    exported = Path(download.value.path()).read_text(encoding="utf-8")
+    assert exported.startswith("# abstract-rag conversation") and QUESTION in exported and GOLD in exported
 
 
 def test_markup_in_titles_is_shown_as_text(page):
@@ -125,9 +150,10 @@ def test_markup_in_titles_is_shown_as_text(page):
     page.wait_for_selector("#notice .rag-ok", timeout=30_000)
     ask(page, "How many juvenile zebra finches were recorded to study how song tutoring shapes syllables?")
     ask(page, "Which stages of axolotl blastema regeneration were mapped with single-cell sequencing?")
-    sources = page.locator("#sources")
-    assert XSS_IMG in sources.inner_text() and XSS_SCRIPT in sources.inner_text()
+    assert XSS_SCRIPT in page.locator("#sources details[open]").inner_text()  # the newest answer's cards
+    assert XSS_IMG in page.locator("#sources").text_content()  # the first answer's, folded
     assert XSS_IMG in page.locator(".rag-answer").first.inner_text()
+    assert XSS_SCRIPT in page.locator(".rag-answer").last.inner_text()
 
     page.get_by_role("tab", name="Search").click()
     page.fill("#query textarea", "zebra finches axolotl blastema")
@@ -142,8 +168,9 @@ def test_markup_in_titles_is_shown_as_text(page):
 
 def test_uploaded_file_becomes_searchable(page, tmp_path):
     page.get_by_role("tab", name="Library").click()
-    page.locator("#upload input[type=file]").set_input_files(str(write_jsonl(tmp_path / "quokka.jsonl",
-                                                                             [UPLOAD_PAPER])))
+    page.locator("#upload input[type=file]").set_input_files(
+        str(write_jsonl(tmp_path / "quokka.jsonl", [UPLOAD_PAPER]))
+    )
     page.wait_for_selector("#upload-msg .rag-ok", timeout=120_000)
     assert "Added quokka.jsonl: 1 new papers" in page.locator("#upload-msg").inner_text()
     page.get_by_role("tab", name="Search").click()
@@ -156,8 +183,9 @@ def test_uploaded_file_becomes_searchable(page, tmp_path):
 def test_rejected_upload_shows_one_line(page, tmp_path, app):
     before = app[1].status()["papers"]
     page.get_by_role("tab", name="Library").click()
-    page.locator("#upload input[type=file]").set_input_files(str(write_jsonl(tmp_path / "broken.jsonl",
-                                                                             [{"title": "No abstract"}])))
+    page.locator("#upload input[type=file]").set_input_files(
+        str(write_jsonl(tmp_path / "broken.jsonl", [{"title": "No abstract"}]))
+    )
     page.wait_for_selector("#upload-msg .rag-error", timeout=60_000)
     assert page.locator("#upload-msg").inner_text().startswith("Rejected: broken.jsonl:1:")
     assert app[1].status()["papers"] == before
@@ -169,6 +197,10 @@ def test_api_with_gradio_client(app):
     client = Client(app[0], verbose=False)
     hits = client.predict("proxy-tuning Llama2-70B truly-tuned chat model", 3, "hybrid", api_name="/search")
     assert len(hits) == 3 and hits[0]["title"] == GOLD
-    answer = client.predict(QUESTION, 0, "", api_name="/ask")
-    assert not answer["refused"] and GOLD in [c["title"] for c in answer["citations"]]
-    assert "[1]" in answer["text"]
+    # two users at once: both queued, each gets the answer to their own question
+    other = "How many juvenile zebra finches were recorded?"
+    jobs = [client.submit(q, 0, "", api_name="/ask") for q in (QUESTION, other)]
+    answers = [job.result(timeout=300) for job in jobs]
+    assert [a["question"] for a in answers] == [QUESTION, other]
+    assert not answers[0]["refused"] and GOLD in [c["title"] for c in answers[0]["citations"]]
+    assert XSS_IMG in [c["title"] for c in answers[1]["citations"]] and "[1]" in answers[1]["text"]

@@ -56,7 +56,7 @@ def chat(assistant, question: str, turns: list[Answer], k: int, mode: str):
         return
     turns = list(turns or [])
     yield render.chat_messages(turns, question), gr.skip(), turns, "", "", gr.skip()
-    text, answer = "", None
+    text, answer, kind = "", None, "warn"
     try:
         for item in assistant.stream(question, history_of(turns), k=int(k) if k else None, mode=mode or None):
             if isinstance(item, Answer):
@@ -68,26 +68,26 @@ def chat(assistant, question: str, turns: list[Answer], k: int, mode: str):
             raise RuntimeError("the answer pipeline ended without an answer")
     except Exception as e:
         answer = Answer(question=question, text=text, refused=False, notices=[f"Error: {one_line(e)}"])
+        kind = "error"
     turns = turns + [answer]
     try:
         sources = render.sources_html(turns, assistant.searcher.papers)
     except Exception as e:  # e.g. no index: the answer above already says so
         sources = render.sources_html(turns, {})
         answer.notices.append(f"Cannot show the abstracts: {one_line(e)}")
-    notice = render.line(" · ".join(answer.notices), "error") if answer.notices else ""
+    notice = render.line(" · ".join(answer.notices), kind) if answer.notices else ""
     yield render.chat_messages(turns), sources, turns, notice, gr.skip(), export_file(turns)
 
 
 def export_file(turns: list[Answer]):
-    """Write the conversation as Markdown for the Export button; a button update."""
+    """The conversation as a Markdown file for the Export button (a button update). The file must outlive the
+    handler: Gradio serves it from where it was written."""
     if not turns:
         return gr.DownloadButton(value=None, interactive=False)
     EXPORT_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=EXPORT_DIR, prefix=f"conversation-{stamp}-",
-                                     suffix=".md", delete=False) as f:
-        f.write(render.export_markdown(turns, time.strftime("%Y-%m-%d %H:%M")))
-    return gr.DownloadButton(value=f.name, interactive=True)
+    path = Path(tempfile.mkdtemp(dir=EXPORT_DIR)) / f"conversation-{time.strftime('%Y%m%d-%H%M%S')}.md"
+    path.write_text(render.export_markdown(turns, time.strftime("%Y-%m-%d %H:%M")), encoding="utf-8")
+    return gr.DownloadButton(value=str(path), interactive=True)
 
 
 def clear():
@@ -106,8 +106,9 @@ def status_html(assistant) -> str:
     try:
         return render.status_line(assistant.status())
     except Exception as e:
-        return render.line(f"No index yet ({one_line(e)}): add a corpus file in the Library tab or run `rag index`.",
-                           "error")
+        return render.line(
+            f"No index yet ({one_line(e)}): add a corpus file in the Library tab or run `rag index`.", "error"
+        )
 
 
 def configure_llm(assistant, backend: str, model: str):
@@ -124,8 +125,9 @@ def configure_llm(assistant, backend: str, model: str):
 
 def search(assistant, query: str, k: int, mode: str) -> str:
     try:
-        return render.search_html(query or "", assistant.search(query or "", k=int(k) if k else None,
-                                                                 mode=mode or None))
+        return render.search_html(
+            query or "", assistant.search(query or "", k=int(k) if k else None, mode=mode or None)
+        )
     except Exception as e:
         return render.line(f"Search failed: {one_line(e)}", "error")
 
@@ -152,8 +154,9 @@ def save_upload(src: Path, name: str, folder: Path, max_mb: float) -> tuple[Path
     """
     size = src.stat().st_size
     if size > max_mb * 2**20:
-        raise UploadError(f"{safe_name(name)} is {size / 2**20:.1f} MB: the limit is {max_mb} MB "
-                          "(RAG_UI_MAX_UPLOAD_MB)")
+        raise UploadError(
+            f"{safe_name(name)} is {size / 2**20:.1f} MB: the limit is {max_mb} MB (RAG_UI_MAX_UPLOAD_MB)"
+        )
     first = dest = folder / safe_name(name)
     n = 2
     while dest.exists() and not filecmp.cmp(dest, src, shallow=False):
@@ -206,9 +209,14 @@ def add_corpus(assistant, file, progress=gr.Progress(track_tqdm=True)):
 def build_ui(assistant) -> gr.Blocks:
     """The app for one Assistant. Events are queued; each browser session has its own conversation."""
     s = assistant.settings
-    with gr.Blocks(title="abstract-rag", analytics_enabled=False) as demo:
-        gr.HTML("<h2 style='margin:0'>abstract-rag</h2><div class='rag-muted'>Questions answered from research-paper "
-                "abstracts, every claim cited to a paper.</div>", head=render.STYLE, js_on_load=None)
+    # Gradio's cache (uploads, exports): every hour, files older than a day go
+    with gr.Blocks(title="abstract-rag", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
+        gr.HTML(
+            "<h2 style='margin:0'>abstract-rag</h2><div class='rag-muted'>Questions answered from research-paper "
+            "abstracts, every claim cited to a paper.</div>",
+            head=render.STYLE,
+            js_on_load=None,
+        )
         status = gr.HTML(partial(status_html, assistant), js_on_load=None)
         turns = gr.State([])
         with gr.Tabs():
@@ -216,14 +224,24 @@ def build_ui(assistant) -> gr.Blocks:
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=3):
                         chatbot = gr.Chatbot(
-                            label="Answers", height=560, render_markdown=False, sanitize_html=True,
-                            latex_delimiters=[], feedback_options=None, buttons=["copy"],
+                            label="Answers",
+                            show_label=False,
+                            height=600,
+                            render_markdown=False,
+                            sanitize_html=True,
+                            latex_delimiters=[],
+                            feedback_options=None,
+                            buttons=[],  # copy would copy HTML: use Export
                             examples=[{"text": q} for q in EXAMPLES],
                             placeholder="Ask about the indexed papers. Every claim in an answer cites its source.",
                         )
                         with gr.Row():
-                            question = gr.Textbox(show_label=False, placeholder="Ask a question and press Enter",
-                                                  scale=6, elem_id="question")
+                            question = gr.Textbox(
+                                show_label=False,
+                                placeholder="Ask a question and press Enter",
+                                scale=6,
+                                elem_id="question",
+                            )
                             ask = gr.Button("Ask", variant="primary", scale=1, min_width=80)
                         with gr.Row():
                             clear_btn = gr.Button("Clear", size="sm")
@@ -232,8 +250,10 @@ def build_ui(assistant) -> gr.Blocks:
                         with gr.Accordion("Settings", open=False, elem_id="settings"):
                             with gr.Row():
                                 backend = gr.Dropdown(BACKENDS, value=s.llm_backend, label="LLM backend")
-                                model = gr.Textbox(value=s.llm_model, label="LLM model ('bundled', a GGUF path, "
-                                                   "or a transformers model)")
+                                model = gr.Textbox(
+                                    value=s.llm_model,
+                                    label="LLM model ('bundled', a GGUF path, or a transformers model)",
+                                )
                             with gr.Row():
                                 k = gr.Slider(1, 30, value=s.search_k, step=1, label="Papers retrieved (k)")
                                 mode = gr.Radio(MODES, value=s.search_mode, label="Retrieval mode")
@@ -248,31 +268,55 @@ def build_ui(assistant) -> gr.Blocks:
                     search_mode = gr.Radio(MODES, value=s.search_mode, label="Retrieval mode")
                 results = gr.HTML(render.search_html("", []), js_on_load=None, elem_id="results")
             with gr.Tab("Library"):
-                gr.Markdown(f"Add a corpus file ({', '.join(SUFFIXES)}, at most {s.ui_max_upload_mb} MB). Its papers "
-                            "are indexed incrementally and searchable as soon as indexing ends.")
-                upload = gr.File(label="Corpus file", file_types=list(SUFFIXES), type="filepath", elem_id="upload")
+                gr.Markdown(
+                    f"Add a corpus file ({', '.join(SUFFIXES)}, at most {s.ui_max_upload_mb} MB). Its papers "
+                    "are indexed incrementally and searchable as soon as indexing ends."
+                )
+                upload = gr.File(
+                    label="Corpus file", file_types=list(SUFFIXES), type="filepath", height=160, elem_id="upload"
+                )
                 upload_msg = gr.HTML(js_on_load=None, elem_id="upload-msg")
-                table = gr.Dataframe(partial(sources_rows, assistant), headers=["source", "papers"],
-                                     label="Indexed sources", interactive=False)
+                table = gr.Dataframe(
+                    partial(sources_rows, assistant),
+                    headers=["source", "papers"],
+                    label="Indexed sources",
+                    interactive=False,
+                )
 
-        chat_io = dict(fn=partial(chat, assistant), inputs=[question, turns, k, mode],
-                       outputs=[chatbot, sources, turns, notice, question, export], concurrency_limit=4)
+        chat_io = dict(
+            fn=partial(chat, assistant),
+            inputs=[question, turns, k, mode],
+            outputs=[chatbot, sources, turns, notice, question, export],
+            concurrency_limit=4,
+        )
         question.submit(**chat_io, api_name="chat", api_visibility="undocumented")
         ask.click(**chat_io, api_name="chat_click", api_visibility="private")
         chatbot.example_select(pick_example, None, question, api_visibility="private").then(
-            **chat_io, api_visibility="private")
-        clear_btn.click(clear, None, [chatbot, sources, turns, notice, question, export], api_visibility="private")
+            **chat_io, api_visibility="private"
+        )
+        for event in (clear_btn.click, chatbot.clear):  # the chatbot's own trash icon clears the conversation too
+            event(clear, None, [chatbot, sources, turns, notice, question, export], api_visibility="private")
         for event in (backend.input, model.submit, model.blur):
             event(partial(configure_llm, assistant), [backend, model], [status, notice], api_visibility="private")
 
-        search_io = dict(fn=partial(search, assistant), inputs=[query, search_k, search_mode], outputs=results,
-                         concurrency_limit=4, api_visibility="private")
+        search_io = dict(
+            fn=partial(search, assistant),
+            inputs=[query, search_k, search_mode],
+            outputs=results,
+            concurrency_limit=4,
+            api_visibility="private",
+        )
         query.submit(**search_io, api_name="search_submit")
         search_btn.click(**search_io, api_name="search_click")
 
-        upload.upload(partial(add_corpus, assistant), upload, [upload_msg, table, status], concurrency_limit=1,
-                      api_name="add_corpus", api_visibility="undocumented").then(lambda: None, None, upload,
-                                                                                   api_visibility="private")
+        upload.upload(
+            partial(add_corpus, assistant),
+            upload,
+            [upload_msg, table, status],
+            concurrency_limit=1,
+            api_name="add_corpus",
+            api_visibility="undocumented",
+        ).then(lambda: None, None, upload, api_visibility="private")
 
         def api_ask(question: str, k: int = 0, mode: str = "") -> dict:
             """Answer a question from the indexed abstracts; the Answer as JSON (text, citations, evidence...)."""
@@ -307,6 +351,11 @@ def launch(assistant, **options):
     """Serve the app on settings.ui_host:ui_port (127.0.0.1 by default), with the optional login."""
     s = assistant.settings
     demo = build_ui(assistant)
-    demo.launch(server_name=s.ui_host, server_port=s.ui_port, auth=auth_pair(s.ui_auth),
-                max_file_size=f"{s.ui_max_upload_mb}mb", **options)
+    demo.launch(
+        server_name=s.ui_host,
+        server_port=s.ui_port,
+        auth=auth_pair(s.ui_auth),
+        max_file_size=f"{s.ui_max_upload_mb}mb",
+        **options,
+    )
     return demo

@@ -11,6 +11,11 @@ CITE = re.compile(r"\[(\d+)\]")
 
 STYLE = """
 <style>
+/* Gradio's bundled Source Sans Pro SemiBold draws 'A' and 'B' as small capitals: bold text uses its Bold file */
+@font-face { font-family: "Source Sans Pro"; font-weight: 600; font-style: normal;
+  src: url("static/fonts/SourceSansPro/SourceSansPro-Bold.woff2") format("woff2"); }
+@font-face { font-family: "Source Sans Pro"; font-weight: 700; font-style: normal;
+  src: url("static/fonts/SourceSansPro/SourceSansPro-Bold.woff2") format("woff2"); }
 .rag-answer .rag-cite { font-weight: 600; text-decoration: none; }
 .rag-label { display: inline-block; font-size: 0.8em; font-weight: 700; text-transform: uppercase;
   letter-spacing: .04em; padding: 1px 8px; margin-bottom: 6px; border-radius: 999px; }
@@ -21,6 +26,7 @@ STYLE = """
 .rag-line { min-height: 1.4em; font-size: 0.92em; }
 .rag-line.rag-error { color: #b91c1c; }
 .rag-line.rag-ok { color: #15803d; }
+.rag-line.rag-warn { color: #b45309; }
 .rag-status { font-size: 0.88em; opacity: .8; }
 .rag-panel { max-height: 78vh; overflow-y: auto; padding-right: 4px; }
 .rag-panel h3 { font-size: 1em; margin: 4px 0 8px; }
@@ -95,8 +101,10 @@ def answer_html(turn: int, text: str, answer: Answer | None = None) -> str:
     body = CITE.sub(cite, esc(text)).replace("\n", "<br>")
     notices = "".join(f'<div class="rag-notice">⚠ {esc(n)}</div>' for n in (answer.notices if answer else []))
     if answer is not None and answer.refused:
-        return (f'<div class="rag-answer rag-refused"><span class="rag-label">Not in the indexed papers</span>'
-                f"<div>{body}</div>{notices}</div>")
+        return (
+            f'<div class="rag-answer rag-refused"><span class="rag-label">Not in the indexed papers</span>'
+            f"<div>{body}</div>{notices}</div>"
+        )
     return f'<div class="rag-answer">{body}{notices}</div>'
 
 
@@ -104,11 +112,15 @@ def chat_messages(turns: list[Answer], question: str | None = None, partial: str
     """Chatbot messages for the finished turns, plus the question being answered and its text so far."""
     out = []
     for t, a in enumerate(turns):
-        out += [{"role": "user", "content": user_html(a.question)},
-                {"role": "assistant", "content": answer_html(t, a.text, a)}]
+        out += [
+            {"role": "user", "content": user_html(a.question)},
+            {"role": "assistant", "content": answer_html(t, a.text, a)},
+        ]
     if question is not None:
-        out += [{"role": "user", "content": user_html(question)},
-                {"role": "assistant", "content": answer_html(len(turns), partial)}]
+        out += [
+            {"role": "user", "content": user_html(question)},
+            {"role": "assistant", "content": answer_html(len(turns), partial)},
+        ]
     return out
 
 
@@ -188,14 +200,18 @@ def turn_sources(turn: int, answer: Answer, papers: dict) -> str:
 def sources_html(turns: list[Answer], papers: dict) -> str:
     """The sources panel: the newest answer's cards open on top, earlier answers' below, folded."""
     if not turns:
-        return ('<div class="rag-panel"><h3>Sources</h3><p class="rag-muted">The papers an answer cites appear here, '
-                "with the evidence sentences highlighted in their abstracts.</p></div>")
+        return (
+            '<div class="rag-panel"><h3>Sources</h3><p class="rag-muted">The papers an answer cites appear here, '
+            "with the evidence sentences highlighted in their abstracts.</p></div>"
+        )
     parts = []
     for t in reversed(range(len(turns))):
         a = turns[t]
         opened = " open" if t == len(turns) - 1 else ""
-        parts.append(f'<details class="rag-turn"{opened}><summary>Q{t + 1}: {esc(a.question)}</summary>'
-                     f"{turn_sources(t, a, papers)}</details>")
+        parts.append(
+            f'<details class="rag-turn"{opened}><summary>Q{t + 1}: {esc(a.question)}</summary>'
+            f"{turn_sources(t, a, papers)}</details>"
+        )
     return '<div class="rag-panel"><h3>Sources</h3>' + "".join(parts) + "</div>"
 
 
@@ -208,8 +224,10 @@ def search_html(query: str, hits: list) -> str:
 
 
 def status_line(status: dict) -> str:
-    return (f'<div class="rag-status">Index: {status["papers"]} papers · {status["chunks"]} chunks · embeddings '
-            f'{esc(status["embed_model"])} · LLM: {esc(status["llm"])}</div>')
+    return (
+        f'<div class="rag-status">Index: {status["papers"]} papers · {status["chunks"]} chunks · embeddings '
+        f"{esc(status['embed_model'])} · LLM: {esc(status['llm'])}</div>"
+    )
 
 
 # --- export --------------------------------------------------------------------------------------------------
