@@ -1,16 +1,17 @@
-"""Benchmarks: indexing, query latency, scale and retrieval quality, each against a baseline measured in the same run.
+"""Benchmarks: indexing, query latency, retrieval quality and scale, each against a baseline measured in the same run.
 
     .venv/bin/python bench/run.py [--quick] [--skip-scale] [--sections indexing,query,quality,scale]
 
-Every measured task runs in its own process (bench/worker.py), so wall time and peak RSS are per run. Results go to
-bench/results/<section>.json (<section>-quick.json with --quick) with the machine and date; the Markdown tables are
-printed and written to bench/results/tables.md (tables-quick.md).
+Every measured task runs in its own process (bench/worker.py), so wall time, CPU time and peak RSS are per run. Each
+section saves bench/results/<section>.json (<section>-quick.json with --quick) with the machine and date; the Markdown
+tables of all saved sections are printed and written to bench/results/tables.md (tables-quick.md), and the scale plot
+to docs/scale.png (bench/results/scale-quick.png).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import shutil
 import sys
 import tempfile
@@ -21,15 +22,53 @@ from common import RESULTS, ROOT, dir_mb, machine, ms, ratio, run_worker, save, 
 
 SECTIONS = ("indexing", "query", "quality", "scale")
 
+# --- measuring ------------------------------------------------------------------------------------------------------
 
-def indexing(work: Path, info: dict) -> tuple[dict, str]:
-    """Cold `build_index` vs the plain llama-index recipe, a no-op re-index, and where our time goes."""
+
+def measure_indexing(work: Path) -> dict:
+    """The plain llama-index recipe, our cold `build_index`, then our re-index with nothing changed."""
     ours_dir, plain_dir = work / "index-ours", work / "index-plain"
     plain = run_worker("index-plain", plain_dir, workdir=work)
     cold = run_worker("index-ours", ours_dir, workdir=work)
     again = run_worker("index-ours", ours_dir, workdir=work)
-    data = {"machine": info, "plain": plain, "ours_cold": cold, "ours_reindex": again, "index_dir": str(ours_dir),
+    return {"plain": plain, "ours_cold": cold, "ours_reindex": again, "index_dir": str(ours_dir),
             "plain_dir": str(plain_dir)}
+
+
+def measure_scale(work: Path, index_dir: Path, embed_rate: float, sizes: list[int]) -> dict:
+    """Per corpus size: make the synthetic corpus, build it (one process), search it (another process)."""
+    import synth
+
+    from rag import storage
+
+    runs = []
+    for size in sizes:
+        t = time.perf_counter()
+        corpus = synth.make_corpus(index_dir, size, work / f"corpus-{size}")
+        made = time.perf_counter() - t
+        target = work / f"scale-{size}"
+        build = run_worker("scale-build", work / f"corpus-{size}", target, corpus["vectors"], workdir=work)
+        disk = dir_mb(storage.current_generation(target))
+        search = run_worker("scale-search", target, workdir=work)
+        r = build["report"]
+        pipeline = r["seconds"] - r["embed_seconds"]  # everything but setting the (synthetic) vectors
+        est_embed = r["chunks"] / embed_rate
+        runs.append({"papers": r["papers"], "chunks": r["chunks"], "corpus": corpus, "corpus_seconds": made,
+                     "build": build, "disk_mb": disk, "search": search, "pipeline_seconds": pipeline,
+                     "est_embed_seconds": est_embed, "papers_per_s_without_embedding": r["papers"] / pipeline,
+                     "papers_per_s_estimated": r["papers"] / (pipeline + est_embed)})
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.rmtree(work / f"corpus-{size}", ignore_errors=True)
+        print(f"scale {size:,}: built in {build['process_seconds']:.0f} s, searched", file=sys.stderr)
+    return {"embed_chunks_per_s": embed_rate, "noise": synth.NOISE, "seed": synth.SEED, "method": synth.__doc__,
+            "runs": runs}
+
+
+# --- rendering (from the saved JSON, so any section can be re-run alone) ---------------------------------------------
+
+
+def render_indexing(d: dict) -> str:
+    plain, cold, again = d["plain"], d["ours_cold"], d["ours_reindex"]
     r = cold["report"]
 
     def row(name: str, run: dict, papers: int, chunks: int) -> list:
@@ -40,34 +79,32 @@ def indexing(work: Path, info: dict) -> tuple[dict, str]:
     rows = [row("plain llama-index recipe (baseline)", plain, plain["papers"], plain["chunks"]),
             row("ours, cold `build_index`", cold, r["papers"], r["chunks"]),
             row("ours, re-index with nothing changed", again, again["report"]["papers"], again["report"]["chunks"])]
-    md = ["### Indexing the bundled corpus", "",
-          "Process = wall time of the whole command in a fresh process (interpreter, imports, model load, build, "
-          "exit); CPU = its user + system time; build = the indexing call alone (wall). Peak RSS of that process. "
-          "Ratios against the plain recipe: title + abstract Documents, default SentenceSplitter, "
-          "HuggingFaceEmbedding over the same bundled model, `VectorStoreIndex.from_documents` into Chroma.", "",
-          table(["run", "process", "CPU", "build", "peak RSS", "papers", "chunks", "process vs plain",
-                 "CPU vs plain", "RSS vs plain"], rows)]
     steps = [("interpreter + imports + exit", cold["process_seconds"] - r["seconds"]),
              ("parse + chunk + model load", r["seconds"] - r["embed_seconds"] - r["store_seconds"]
               - r["bm25_seconds"]),
              ("embed (model)", r["embed_seconds"]), ("store (Chroma add)", r["store_seconds"]),
              ("BM25 (read back + build + save)", r["bm25_seconds"])]
-    md += ["", "Where a cold `rag index` spends its time (share of the process wall time):", "",
-           table(["step", "seconds", "share"], [[name, f"{s:.2f}", f"{s / cold['process_seconds']:.0%}"]
-                                                for name, s in steps])]
-    return data, "\n".join(md)
+    return "\n".join([
+        "### Indexing the bundled corpus", "",
+        "Process = wall time of the whole command in a fresh process (interpreter, imports, model load, build, exit); "
+        "CPU = its user + system time; build = the indexing call alone (wall). Peak RSS of that process. Ratios "
+        "against the plain recipe: title + abstract Documents, default SentenceSplitter, HuggingFaceEmbedding over "
+        "the same bundled model, `VectorStoreIndex.from_documents` into Chroma.", "",
+        table(["run", "process", "CPU", "build", "peak RSS", "papers", "chunks", "process vs plain", "CPU vs plain",
+               "RSS vs plain"], rows), "",
+        "Where a cold `rag index` spends its time (share of the process wall time):", "",
+        table(["step", "seconds", "share"],
+              [[name, f"{s:.2f}", f"{s / cold['process_seconds']:.0%}"] for name, s in steps]),
+    ])
 
 
-def query(work: Path, info: dict, index_dir: Path, plain_dir: Path, n_ask: int) -> tuple[dict, str]:
-    """Warm search latency per mode vs the plain retriever; answer latency vs the plain query engine."""
-    q = run_worker("query", index_dir, plain_dir, n_ask, workdir=work)
-    data = {"machine": info, **q}
-    base = q["search"]["plain"]["p50"]
+def render_query(d: dict) -> str:
+    base = d["search"]["plain"]["p50"]
     names = {"plain": "plain llama-index retriever, top 10 chunks (baseline)", "hybrid": "ours, hybrid",
              "dense": "ours, dense", "bm25": "ours, bm25", "embed_query": "of which: embedding the query (ours)"}
-    rows = [[names[m], ms(q["search"][m]["p50"]), ms(q["search"][m]["p95"]), ratio(q["search"][m]["p50"], base)]
-            for m in ("plain", "hybrid", "dense", "bm25", "embed_query") if m in q["search"]]
-    ours, plain = q["ask"], q["ask_plain"]
+    rows = [[names[m], ms(d["search"][m]["p50"]), ms(d["search"][m]["p95"]), ratio(d["search"][m]["p50"], base)]
+            for m in names if m in d["search"]]
+    ours, plain = d["ask"], d["ask_plain"]
     ask_rows = [
         ["plain query engine: top 2 chunks, default prompt (baseline)", plain["questions"],
          secs(plain["first_token"]["p50"]), secs(plain["first_token"]["p50"]), secs(plain["total"]["p50"]),
@@ -76,108 +113,85 @@ def query(work: Path, info: dict, index_dir: Path, plain_dir: Path, n_ask: int) 
          secs(ours["first_text"]["p50"]), secs(ours["total"]["p50"]), secs(ours["total"]["p95"]),
          ratio(ours["total"]["p50"], plain["total"]["p50"])],
     ]
-    md = ["### Query latency (bundled corpus, warm)", "",
-          f"Search: {q['search']['hybrid']['n']} dev questions per mode after 3 warm-up searches, k=10 papers, "
-          "query embedding included. Ratios of p50 against the plain llama-index retriever (HuggingFaceEmbedding).", "",
-          table(["search", "p50", "p95", "p50 vs plain"], rows), "",
-          f"Answers with {q['backend']} on {ours['questions']} dev questions spread over the set ({ours['refused']} "
-          "refused by ours, which skips the LLM), after a warm-up answer. First text = the first verified "
-          "sentence (or refusal) shown; the plain engine shows its first token. Same LLM object for both.", "",
-          table(["answer", "n", "first token p50", "first text p50", "total p50", "total p95", "total vs plain"],
-                ask_rows), "",
-          f"Peak RSS of this process (both pipelines and the LLM loaded): {q['peak_rss_mb']:.0f} MB."]
-    return data, "\n".join(md)
+    return "\n".join([
+        "### Query latency (bundled corpus, warm)", "",
+        f"Search: {d['search']['hybrid']['n']} dev questions per mode after 3 warm-up searches, k=10 papers, query "
+        "embedding included. Ratios of p50 against the plain llama-index retriever (HuggingFaceEmbedding).", "",
+        table(["search", "p50", "p95", "p50 vs plain"], rows), "",
+        f"Answers with {d['backend']} on {ours['questions']} dev questions spread over the set ({ours['refused']} "
+        "refused by ours, which skips the LLM), after a warm-up answer; OMP_WAIT_POLICY=PASSIVE as `rag ask/ui` set "
+        "it. First text = the first verified sentence (or refusal) shown; the plain engine shows its first token. "
+        "The same LLM object answers for both.", "",
+        table(["answer", "n", "first token p50", "first text p50", "total p50", "total p95", "total vs plain"],
+              ask_rows), "",
+        f"Peak RSS of this process (both pipelines and the LLM loaded): {d['peak_rss_mb']:.0f} MB.",
+    ])
 
 
-def quality(work: Path, info: dict, index_dir: Path, plain_dir: Path) -> tuple[dict, str]:
-    """Dev-set retrieval per mode (rag.evaluate, search only) vs the plain recipe's retriever."""
-    q = run_worker("quality", index_dir, plain_dir, workdir=work)
-    data = {"machine": info, **{k: v for k, v in q.items() if k not in ("process_seconds", "peak_rss_mb")}}
-    base = q["plain"]["answerable"]
+def render_quality(d: dict) -> str:
+    base = d["plain"]["answerable"]
     rows = []
     for name, key in (("plain llama-index retriever (baseline)", "plain"), ("ours, dense", "dense"),
                       ("ours, bm25", "bm25"), ("ours, hybrid", "hybrid")):
-        a, t = q[key]["answerable"], q[key]["by_type"]
+        a, t = d[key]["answerable"], d[key]["by_type"]
         rows.append([name, f"{a['recall@5']:.3f}", f"{a['recall@10']:.3f}", f"{a['mrr']:.3f}",
-                     *(f"{t[k]['recall@10']:.3f}" for k in ("lookup", "fact", "multi")),
-                     ratio(a["mrr"], base["mrr"])])
-    md = ["### Retrieval quality (dev set, paper level)", "",
-          f"{q['hybrid']['answerable']['n']} answerable dev questions (`rag eval --search-only`), k=10.", "",
-          table(["retriever", "Recall@5", "Recall@10", "MRR", "R@10 lookup", "R@10 fact", "R@10 multi",
-                 "MRR vs plain"], rows)]
-    return data, "\n".join(md)
+                     *(f"{t[k]['recall@10']:.3f}" for k in ("lookup", "fact", "multi")), ratio(a["mrr"], base["mrr"])])
+    return "\n".join([
+        "### Retrieval quality (dev set, paper level)", "",
+        f"{d['hybrid']['answerable']['n']} answerable dev questions (`rag eval --search-only`), k=10.", "",
+        table(["retriever", "Recall@5", "Recall@10", "MRR", "R@10 lookup", "R@10 fact", "R@10 multi", "MRR vs plain"],
+              rows),
+    ])
 
 
-def scale(work: Path, info: dict, index_dir: Path, embed_rate: float, sizes: list[int]) -> tuple[dict, str]:
-    """Synthetic corpora of growing size: index throughput, disk, search latency and RSS at each size."""
-    import synth
-
-    runs = []
-    for size in sizes:
-        t = time.perf_counter()
-        corpus = synth.make_corpus(index_dir, size, work / f"corpus-{size}")
-        made = time.perf_counter() - t
-        target = work / f"scale-{size}"
-        build = run_worker("scale-build", work / f"corpus-{size}", target, corpus["vectors"], workdir=work)
-        from rag import storage
-
-        disk = dir_mb(storage.current_generation(target))
-        search = run_worker("scale-search", target, workdir=work)
-        r = build["report"]
-        pipeline = r["seconds"] - r["embed_seconds"]  # everything but the (synthetic) vectors
-        est_embed = r["chunks"] / embed_rate
-        runs.append({"papers": r["papers"], "chunks": r["chunks"], "corpus": corpus, "corpus_seconds": made,
-                     "build": build, "disk_mb": disk, "search": search, "pipeline_seconds": pipeline,
-                     "est_embed_seconds": est_embed, "papers_per_s_without_embedding": r["papers"] / pipeline,
-                     "papers_per_s_estimated": r["papers"] / (pipeline + est_embed)})
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.rmtree(work / f"corpus-{size}", ignore_errors=True)
-        print(f"scale {size}: done", file=sys.stderr)
-    data = {"machine": info, "embed_chunks_per_s": embed_rate, "noise": synth.NOISE, "seed": synth.SEED,
-            "method": synth.__doc__, "runs": runs}
-    b = runs[0]
+def render_scale(d: dict) -> str:
+    runs = d["runs"]
+    b, first = runs[0], f"{runs[0]['papers']:,}"
     build_rows, search_rows = [], []
     for s in runs:
-        r = s["build"]["report"]
-        build_rows.append([f"{s['papers']:,}", f"{s['chunks']:,}", f"{s['papers_per_s_without_embedding']:.0f}",
-                           f"{s['papers_per_s_estimated']:.1f}", f"{r['store_seconds']:.0f} s",
-                           f"{r['bm25_seconds']:.0f} s", f"{s['disk_mb']:.0f} MB",
+        r, h = s["build"]["report"], s["search"]["search"]
+        build_rows.append([f"{s['papers']:,}", f"{s['chunks']:,}", f"{s['build']['process_seconds']:.0f} s",
+                           f"{s['papers_per_s_without_embedding']:.0f}", f"{s['papers_per_s_estimated']:.1f}",
+                           f"{r['store_seconds']:.0f} s", f"{r['bm25_seconds']:.0f} s", f"{s['disk_mb']:.0f} MB",
                            f"{s['build']['peak_rss_mb']:.0f} MB", ratio(s["disk_mb"], b["disk_mb"]),
                            ratio(s["build"]["peak_rss_mb"], b["build"]["peak_rss_mb"])])
-        h = s["search"]["search"]
         search_rows.append([f"{s['papers']:,}", ms(h["hybrid"]["p50"]), ms(h["hybrid"]["p95"]), ms(h["dense"]["p50"]),
                             ms(h["bm25"]["p50"]), secs(s["search"]["open_seconds"]),
                             f"{s['search']['peak_rss_mb']:.0f} MB", f"{s['search']['dev_hybrid']['recall@10']:.3f}",
                             ratio(h["hybrid"]["p50"], b["search"]["search"]["hybrid"]["p50"]),
                             ratio(s["search"]["peak_rss_mb"], b["search"]["peak_rss_mb"])])
-    first = f"{b['papers']:,}"
-    md = ["### Scale (synthetic corpora)", "",
-          "Each corpus = the 693 bundled papers + synthetic ones made of their recombined sentences (seeded). "
-          "Chunk vectors are not computed by the model: bundled chunks keep their real vector, a synthetic chunk gets "
-          "the normalized sentence-weighted mean of its 2-4 source papers' vectors plus N(0, "
-          f"{synth.NOISE}²) noise per dimension. Everything else is `build_index` as `rag index` runs it (parse, "
-          "chunk, Chroma add, BM25). Throughput *without embedding* is measured; *with embedding* adds "
-          f"chunks / {embed_rate:.1f} chunks/s, the model's rate measured on the bundled corpus in this run "
-          f"(extrapolated, not measured at that size). Ratios against the {first}-paper corpus.", "",
-          table(["papers", "chunks", "papers/s w/o embedding", "papers/s with embedding (extrapolated)", "Chroma add",
-                 "BM25", "disk", "build peak RSS", f"disk vs {first}", f"RSS vs {first}"], build_rows), "",
-          "Search: the 60 dev questions per mode after 3 warm-up searches, k=10; open = `Assistant` creation and a "
-          "first search (models and index loaded); peak RSS of that search process; Recall@10 of the 50 answerable "
-          "dev questions with hybrid search (the synthetic distractors reuse the real sentences, so they are "
-          "harder than real papers).", "",
-          table(["papers", "hybrid p50", "hybrid p95", "dense p50", "bm25 p50", "open", "search peak RSS",
-                 "dev R@10", f"hybrid p50 vs {first}", f"RSS vs {first}"], search_rows)]
-    return data, "\n".join(md)
+    patched = any(s["build"].get("patched_all_nodes") for s in runs)
+    return "\n".join([
+        "### Scale (synthetic corpora)", "",
+        "Each corpus = the 693 bundled papers + synthetic ones made of their recombined sentences (seeded). Chunk "
+        "vectors are not computed by the model: bundled chunks keep their real vector, a synthetic chunk gets the "
+        "normalized sentence-weighted mean of its 2-4 source papers' vectors plus N(0, "
+        f"{d['noise']}²) noise per dimension. Everything else is `build_index` as `rag index` runs it (parse, chunk, "
+        "Chroma add, paper vectors, BM25) in a fresh process. Throughput *without embedding* is measured; *with "
+        f"embedding* adds chunks / {d['embed_chunks_per_s']:.1f} chunks/s, the model's rate measured on the bundled "
+        f"corpus in this run (extrapolated, not measured at that size). Ratios against the {first}-paper corpus."
+        + (" BM25 read back the chunks in pages (bench/worker.py `paged_all_nodes`): rag/index.py's single "
+           "`collection.get()` fails above ~32k chunks." if patched else ""), "",
+        table(["papers", "chunks", "build process", "papers/s w/o embedding", "papers/s with embedding (extrap.)",
+               "Chroma add", "BM25", "disk", "build peak RSS", f"disk vs {first}", f"RSS vs {first}"], build_rows),
+        "",
+        "Search: the 60 dev questions per mode after 3 warm-up searches, k=10; open = `Assistant` creation and a "
+        "first search (models and index loaded); peak RSS of that search process; Recall@10 of the 50 answerable "
+        "dev questions with hybrid search (the synthetic distractors reuse the real sentences, so they are harder "
+        "than real papers).", "",
+        table(["papers", "hybrid p50", "hybrid p95", "dense p50", "bm25 p50", "open", "search peak RSS", "dev R@10",
+               f"hybrid p50 vs {first}", f"RSS vs {first}"], search_rows),
+    ])
 
 
-def plot_scale(data: dict, path: Path) -> None:
-    """docs/scale.png: search latency, peak RSS, disk and index throughput against corpus size."""
+def plot_scale(d: dict, path: Path) -> None:
+    """Search latency, peak RSS, disk and index throughput against corpus size, log-log."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = data["runs"]
+    runs = d["runs"]
     n = [r["papers"] for r in runs]
     fig, ax = plt.subplots(2, 2, figsize=(11, 8))
     for mode, style in (("hybrid", "o-"), ("dense", "s--"), ("bm25", "^:")):
@@ -190,22 +204,38 @@ def plot_scale(data: dict, path: Path) -> None:
     ax[0, 1].set(title="Peak RSS", ylabel="MB")
     ax[1, 0].plot(n, [r["disk_mb"] for r in runs], "o-", label="index generation on disk")
     ax[1, 0].set(title="Disk size (Chroma + BM25 + papers)", ylabel="MB")
-    ax[1, 1].plot(n, [r["papers_per_s_without_embedding"] for r in runs], "o-",
-                  label="measured, vectors precomputed")
+    ax[1, 1].plot(n, [r["papers_per_s_without_embedding"] for r in runs], "o-", label="measured, vectors precomputed")
     ax[1, 1].plot(n, [r["papers_per_s_estimated"] for r in runs], "s--",
-                  label=f"with embedding, extrapolated ({data['embed_chunks_per_s']:.0f} chunks/s)")
+                  label=f"with embedding, extrapolated ({d['embed_chunks_per_s']:.0f} chunks/s)")
     ax[1, 1].set(title="Index throughput", ylabel="papers / s")
     for a in ax.flat:
         a.set(xscale="log", yscale="log", xlabel="papers in the index")
         a.grid(True, which="both", alpha=0.3)
         a.legend(fontsize=8)
-    m = data["machine"]
-    fig.suptitle(f"abstract-rag at scale: synthetic corpora, {m['nproc']} cores ({m['cpu']}), {m['date']}",
-                 fontsize=10)
+    m = d["machine"]
+    fig.suptitle(f"abstract-rag at scale: synthetic corpora (bundled papers + recombined sentences, derived vectors), "
+                 f"{m['nproc']} cores ({m['cpu']}), {m['date']}", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+RENDER = {"indexing": render_indexing, "query": render_query, "quality": render_quality, "scale": render_scale}
+
+
+def render_all(suffix: str) -> str:
+    """The tables of every saved section, each headed by where and when it was measured."""
+    parts = []
+    for name in SECTIONS:
+        path = RESULTS / f"{name}{suffix}.json"
+        if path.exists():
+            d = json.loads(path.read_text())
+            m = d["machine"]
+            parts.append(RENDER[name](d) + f"\n\n_Measured {m['date']} on {m['nproc']} cores ({m['cpu']}, "
+                         f"{m['ram_gb']} GB RAM), Python {m['python']}, torch {m['torch']}, commit {m['commit']}; "
+                         f"load average {m['load_avg_at_start']:.2f} before, {d['load_avg_after']:.2f} after._")
+    return "\n\n".join(parts) + "\n"
 
 
 def main() -> int:
@@ -219,42 +249,35 @@ def main() -> int:
     suffix = "-quick" if args.quick else ""
     info = machine()
     if info["load_avg_at_start"] > 0.5:
-        print(f"warning: load average {info['load_avg_at_start']:.2f}: other processes share the CPU; "
-              "latencies will be noisy", file=sys.stderr)
+        print(f"warning: load average {info['load_avg_at_start']:.2f}: other processes share the CPU; timings will "
+              "be noisy", file=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="rag-bench-"))
     started = time.perf_counter()
-    tables = [f"Measured {info['date']} on {info['nproc']} cores ({info['cpu']}, {info['ram_gb']} GB RAM), "
-              f"Python {info['python']}, torch {info['torch']}, commit {info['commit']}."]
     try:
-        idx, idx_md = indexing(work, info)  # every other section uses this fresh index
+        idx = {"machine": info, **measure_indexing(work)}  # every other section uses this fresh index
         if "indexing" in sections:
             save("indexing" + suffix, idx)
-            tables.append(idx_md)
-        index_dir, plain_dir = Path(idx["index_dir"]), Path(idx["plain_dir"])
+        index_dir, plain_dir = idx["index_dir"], idx["plain_dir"]
         if "query" in sections:
-            data, md = query(work, info, index_dir, plain_dir, 6 if args.quick else 20)
-            save("query" + suffix, data)
-            tables.append(md)
+            save("query" + suffix, {"machine": machine(), **run_worker("query", index_dir, plain_dir,
+                                                                       6 if args.quick else 20, workdir=work)})
         if "quality" in sections:
-            data, md = quality(work, info, index_dir, plain_dir)
-            save("quality" + suffix, data)
-            tables.append(md)
+            save("quality" + suffix, {"machine": machine(), **run_worker("quality", index_dir, plain_dir,
+                                                                         workdir=work)})
         if "scale" in sections:
             r = idx["ours_cold"]["report"]
             sizes = [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000]
-            data, md = scale(work, info, index_dir, r["chunks"] / r["embed_seconds"], sizes)
+            data = {"machine": machine(), **measure_scale(work, Path(index_dir), r["chunks"] / r["embed_seconds"],
+                                                          sizes)}
             save("scale" + suffix, data)
             plot_scale(data, RESULTS / "scale-quick.png" if args.quick else ROOT / "docs" / "scale.png")
-            tables.append(md)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    tables.append(f"Benchmark wall time {(time.perf_counter() - started) / 60:.1f} min; load average at the end "
-                  f"{os.getloadavg()[0]:.2f}.")
-    text = "\n\n".join(tables) + "\n"
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    text = render_all(suffix)
     (RESULTS / f"tables{suffix}.md").write_text(text)
     print(text)
+    print(f"Benchmark wall time {(time.perf_counter() - started) / 60:.1f} min.", file=sys.stderr)
     return 0
 
 
