@@ -136,19 +136,17 @@ def run(
     verifier = StreamVerifier(evidence)
     if llm is not None:
         t = time.perf_counter()
-        previous = conversation.user_turns(history)[-1:] if query != question else []
-        raw = ""
+        previous = conversation.user_turns(history)[-1] if query != question else None
         try:
-            for chunk in llm.stream_chat(build_messages(question, evidence, previous[0] if previous else None)):
+            for chunk in llm.stream_chat(build_messages(question, evidence, previous)):
                 delta = chunk.delta or ""
                 if delta and "first_token" not in timings:
                     timings["first_token"] = time.perf_counter() - started
-                raw += delta
                 for sentence in verifier.feed(delta):
                     yield emit(sentence if not pieces else " " + sentence)
             for sentence in verifier.finish():
                 yield emit(sentence if not pieces else " " + sentence)
-            if not raw.strip():
+            if not verifier.raw.strip():
                 answer.notices.append("The LLM returned an empty answer; showing the evidence only.")
             elif not verifier.kept:
                 answer.notices.append(
