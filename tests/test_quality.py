@@ -26,9 +26,10 @@ def answer_report(bundled_index):
     return evaluate(Assistant(Settings(index_dir=bundled_index)), DEV_SET, progress=False)
 
 
-def test_hybrid_search_recall(search_report):
-    for mode, report in search_report.items():
-        print(f"\n## {mode}\n" + format_markdown(report))
+def test_hybrid_search_recall(search_report, capsys):
+    with capsys.disabled():  # the figures are part of the test's output, not only on failure
+        for mode, report in search_report.items():
+            print(f"\n## {mode}\n" + format_markdown(report))
     hybrid = search_report["hybrid"]
     assert hybrid["missing_gold"] == []
     assert hybrid["answerable"]["recall@5"] >= 0.95  # lookup + fact + multi
@@ -38,8 +39,9 @@ def test_hybrid_search_recall(search_report):
         assert hybrid["by_type"]["multi"]["recall@10"] >= search_report[part]["by_type"]["multi"]["recall@10"]
 
 
-def test_cited_answers(answer_report):
-    print("\n" + format_markdown(answer_report))
+def test_cited_answers(answer_report, capsys):
+    with capsys.disabled():
+        print("\n" + format_markdown(answer_report))
     by_type, rows = answer_report["by_type"], answer_report["rows"]
     assert answer_report["backend"].startswith("llamacpp")
     assert by_type["fact"]["keyword_hit"] >= 0.8

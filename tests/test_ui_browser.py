@@ -119,9 +119,10 @@ def ask(page, question: str, timeout: float = 180_000) -> float:
     return first_text
 
 
-def test_answer_streams_with_citations_and_source_card(page):
+def test_answer_streams_with_citations_and_source_card(page, capsys):
     first_text = ask(page, QUESTION)
-    print(f"\nfirst answer text in the browser {first_text:.1f} s after pressing Enter (models loaded)")
+    with capsys.disabled():  # printed in every run, not asserted: timings depend on the machine's load
+        print(f"\nfirst answer text in the browser {first_text:.1f} s after pressing Enter (models loaded)")
     answer = page.locator(".rag-answer").last
     assert "88%" in answer.inner_text()
     links = answer.locator("a.rag-cite")
