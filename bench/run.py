@@ -31,8 +31,13 @@ def measure_indexing(work: Path) -> dict:
     plain = run_worker("index-plain", plain_dir, workdir=work)
     cold = run_worker("index-ours", ours_dir, workdir=work)
     again = run_worker("index-ours", ours_dir, workdir=work)
-    return {"plain": plain, "ours_cold": cold, "ours_reindex": again, "index_dir": str(ours_dir),
-            "plain_dir": str(plain_dir)}
+    return {
+        "plain": plain,
+        "ours_cold": cold,
+        "ours_reindex": again,
+        "index_dir": str(ours_dir),
+        "plain_dir": str(plain_dir),
+    }
 
 
 def measure_scale(work: Path, index_dir: Path, embed_rate: float, sizes: list[int]) -> dict:
@@ -53,18 +58,64 @@ def measure_scale(work: Path, index_dir: Path, embed_rate: float, sizes: list[in
         r = build["report"]
         pipeline = r["seconds"] - r["embed_seconds"]  # everything but setting the (synthetic) vectors
         est_embed = r["chunks"] / embed_rate
-        runs.append({"papers": r["papers"], "chunks": r["chunks"], "corpus": corpus, "corpus_seconds": made,
-                     "build": build, "disk_mb": disk, "search": search, "pipeline_seconds": pipeline,
-                     "est_embed_seconds": est_embed, "papers_per_s_without_embedding": r["papers"] / pipeline,
-                     "papers_per_s_estimated": r["papers"] / (pipeline + est_embed)})
+        runs.append(
+            {
+                "papers": r["papers"],
+                "chunks": r["chunks"],
+                "corpus": corpus,
+                "corpus_seconds": made,
+                "build": build,
+                "disk_mb": disk,
+                "search": search,
+                "pipeline_seconds": pipeline,
+                "est_embed_seconds": est_embed,
+                "papers_per_s_without_embedding": r["papers"] / pipeline,
+                "papers_per_s_estimated": r["papers"] / (pipeline + est_embed),
+            }
+        )
         shutil.rmtree(target, ignore_errors=True)
         shutil.rmtree(work / f"corpus-{size}", ignore_errors=True)
         print(f"scale {size:,}: built in {build['process_seconds']:.0f} s, searched", file=sys.stderr)
-    return {"embed_chunks_per_s": embed_rate, "noise": synth.NOISE, "seed": synth.SEED, "method": synth.__doc__,
-            "runs": runs}
+    return {
+        "embed_chunks_per_s": embed_rate,
+        "noise": synth.NOISE,
+        "seed": synth.SEED,
+        "method": synth.__doc__,
+        "runs": runs,
+    }
 
 
 # --- rendering (from the saved JSON, so any section can be re-run alone) ---------------------------------------------
+
+INDEXING_NOTE = (
+    "Process = wall time of the whole command in a fresh process (interpreter, imports, model load, build, exit); "
+    "CPU = its user + system time; build = the indexing call alone (wall). Peak RSS of that process. Ratios against "
+    "the plain recipe: title + abstract Documents, default SentenceSplitter, HuggingFaceEmbedding over the same "
+    "bundled model, `VectorStoreIndex.from_documents` into Chroma."
+)
+SEARCH_NOTE = (
+    "Search: {n} dev questions per mode after 3 warm-up searches, k=10 papers, query embedding included. Ratios of "
+    "p50 against the plain llama-index retriever (HuggingFaceEmbedding)."
+)
+ASK_NOTE = (
+    "Answers with {backend} on {n} dev questions spread over the set ({refused} refused by ours, which skips the "
+    "LLM), after a warm-up answer; OMP_WAIT_POLICY=PASSIVE as `rag ask/ui` set it. First text = the first verified "
+    "sentence (or refusal) shown; the plain engine shows its first token. The same LLM object answers for both."
+)
+SCALE_NOTE = (
+    "Each corpus = the 693 bundled papers + synthetic ones made of their recombined sentences (seeded). Chunk vectors "
+    "are not computed by the model: bundled chunks keep their real vector, a synthetic chunk gets the normalized "
+    "sentence-weighted mean of its 2-4 source papers' vectors plus N(0, {noise}²) noise per dimension. Everything else "
+    "is `build_index` as `rag index` runs it (parse, chunk, Chroma add, paper vectors, BM25) in a fresh process. "
+    "Throughput *without embedding* is measured; *with embedding* adds chunks / {rate:.1f} chunks/s, the model's rate "
+    "measured on the bundled corpus in this run (extrapolated, not measured at that size). Ratios against the "
+    "{first}-paper corpus."
+)
+SCALE_SEARCH_NOTE = (
+    "Search: the 60 dev questions per mode after 3 warm-up searches, k=10; open = `Assistant` creation and a first "
+    "search (models and index loaded); peak RSS of that search process; Recall@10 of the 50 answerable dev questions "
+    "with hybrid search (the synthetic distractors reuse the real sentences, so they are harder than real papers)."
+)
 
 
 def render_indexing(d: dict) -> str:
@@ -72,76 +123,84 @@ def render_indexing(d: dict) -> str:
     r = cold["report"]
 
     def row(name: str, run: dict, papers: int, chunks: int) -> list:
-        return [name, secs(run["process_seconds"]), secs(run["cpu_seconds"]), secs(run["build_seconds"]),
-                f"{run['peak_rss_mb']:.0f} MB", papers, chunks, ratio(run["process_seconds"], plain["process_seconds"]),
-                ratio(run["cpu_seconds"], plain["cpu_seconds"]), ratio(run["peak_rss_mb"], plain["peak_rss_mb"])]
+        times = [secs(run["process_seconds"]), secs(run["cpu_seconds"]), secs(run["build_seconds"])]
+        ratios = [ratio(run[k], plain[k]) for k in ("process_seconds", "cpu_seconds", "peak_rss_mb")]
+        return [name, *times, f"{run['peak_rss_mb']:.0f} MB", papers, chunks, *ratios]
 
-    rows = [row("plain llama-index recipe (baseline)", plain, plain["papers"], plain["chunks"]),
-            row("ours, cold `build_index`", cold, r["papers"], r["chunks"]),
-            row("ours, re-index with nothing changed", again, again["report"]["papers"], again["report"]["chunks"])]
-    steps = [("interpreter + imports + exit", cold["process_seconds"] - r["seconds"]),
-             ("parse + chunk + model load", r["seconds"] - r["embed_seconds"] - r["store_seconds"]
-              - r["bm25_seconds"]),
-             ("embed (model)", r["embed_seconds"]), ("store (Chroma add)", r["store_seconds"]),
-             ("BM25 (read back + build + save)", r["bm25_seconds"])]
-    return "\n".join([
-        "### Indexing the bundled corpus", "",
-        "Process = wall time of the whole command in a fresh process (interpreter, imports, model load, build, exit); "
-        "CPU = its user + system time; build = the indexing call alone (wall). Peak RSS of that process. Ratios "
-        "against the plain recipe: title + abstract Documents, default SentenceSplitter, HuggingFaceEmbedding over "
-        "the same bundled model, `VectorStoreIndex.from_documents` into Chroma.", "",
-        table(["run", "process", "CPU", "build", "peak RSS", "papers", "chunks", "process vs plain", "CPU vs plain",
-               "RSS vs plain"], rows), "",
-        "Where a cold `rag index` spends its time (share of the process wall time):", "",
-        table(["step", "seconds", "share"],
-              [[name, f"{s:.2f}", f"{s / cold['process_seconds']:.0%}"] for name, s in steps]),
-    ])
+    rows = [
+        row("plain llama-index recipe (baseline)", plain, plain["papers"], plain["chunks"]),
+        row("ours, cold `build_index`", cold, r["papers"], r["chunks"]),
+        row("ours, re-index with nothing changed", again, again["report"]["papers"], again["report"]["chunks"]),
+    ]
+    steps = [
+        ("interpreter + imports + exit", cold["process_seconds"] - r["seconds"]),
+        ("parse + chunk + model load", r["seconds"] - r["embed_seconds"] - r["store_seconds"] - r["bm25_seconds"]),
+        ("embed (model)", r["embed_seconds"]),
+        ("store (Chroma add)", r["store_seconds"]),
+        ("BM25 (read back + build + save)", r["bm25_seconds"]),
+    ]
+    headers = ["run", "process", "CPU", "build", "peak RSS", "papers", "chunks"]
+    headers += ["process vs plain", "CPU vs plain", "RSS vs plain"]
+    shares = [[name, f"{s:.2f}", f"{s / cold['process_seconds']:.0%}"] for name, s in steps]
+    return "\n\n".join([
+        "### Indexing the bundled corpus",
+        INDEXING_NOTE,
+        table(headers, rows),
+        "Where a cold `rag index` spends its time (share of the process wall time):",
+        table(["step", "seconds", "share"], shares),
+    ])  # fmt: skip
 
 
 def render_query(d: dict) -> str:
     base = d["search"]["plain"]["p50"]
-    names = {"plain": "plain llama-index retriever, top 10 chunks (baseline)", "hybrid": "ours, hybrid",
-             "dense": "ours, dense", "bm25": "ours, bm25", "embed_query": "of which: embedding the query (ours)"}
-    rows = [[names[m], ms(d["search"][m]["p50"]), ms(d["search"][m]["p95"]), ratio(d["search"][m]["p50"], base)]
-            for m in names if m in d["search"]]
+    names = {
+        "plain": "plain llama-index retriever, top 10 chunks (baseline)",
+        "hybrid": "ours, hybrid",
+        "dense": "ours, dense",
+        "bm25": "ours, bm25",
+        "embed_query": "of which: embedding the query (ours)",
+    }
+    rows = [
+        [names[m], ms(d["search"][m]["p50"]), ms(d["search"][m]["p95"]), ratio(d["search"][m]["p50"], base)]
+        for m in names
+        if m in d["search"]
+    ]
     ours, plain = d["ask"], d["ask_plain"]
     ask_rows = [
-        ["plain query engine: top 2 chunks, default prompt (baseline)", plain["questions"],
-         secs(plain["first_token"]["p50"]), secs(plain["first_token"]["p50"]), secs(plain["total"]["p50"]),
-         secs(plain["total"]["p95"]), "×1.00"],
-        ["ours: `Assistant.stream`", ours["questions"], secs(ours["first_token"]["p50"]),
-         secs(ours["first_text"]["p50"]), secs(ours["total"]["p50"]), secs(ours["total"]["p95"]),
-         ratio(ours["total"]["p50"], plain["total"]["p50"])],
+        ["plain query engine: top 2 chunks, default prompt (baseline)", plain["questions"]]
+        + [secs(plain[k]["p50"]) for k in ("first_token", "first_token", "total")]
+        + [secs(plain["total"]["p95"]), "×1.00"],
+        ["ours: `Assistant.stream`", ours["questions"]]
+        + [secs(ours[k]["p50"]) for k in ("first_token", "first_text", "total")]
+        + [secs(ours["total"]["p95"]), ratio(ours["total"]["p50"], plain["total"]["p50"])],
     ]
-    return "\n".join([
-        "### Query latency (bundled corpus, warm)", "",
-        f"Search: {d['search']['hybrid']['n']} dev questions per mode after 3 warm-up searches, k=10 papers, query "
-        "embedding included. Ratios of p50 against the plain llama-index retriever (HuggingFaceEmbedding).", "",
-        table(["search", "p50", "p95", "p50 vs plain"], rows), "",
-        f"Answers with {d['backend']} on {ours['questions']} dev questions spread over the set ({ours['refused']} "
-        "refused by ours, which skips the LLM), after a warm-up answer; OMP_WAIT_POLICY=PASSIVE as `rag ask/ui` set "
-        "it. First text = the first verified sentence (or refusal) shown; the plain engine shows its first token. "
-        "The same LLM object answers for both.", "",
-        table(["answer", "n", "first token p50", "first text p50", "total p50", "total p95", "total vs plain"],
-              ask_rows), "",
+    ask_headers = ["answer", "n", "first token p50", "first text p50", "total p50", "total p95", "total vs plain"]
+    return "\n\n".join([
+        "### Query latency (bundled corpus, warm)",
+        SEARCH_NOTE.format(n=d["search"]["hybrid"]["n"]),
+        table(["search", "p50", "p95", "p50 vs plain"], rows),
+        ASK_NOTE.format(backend=d["backend"], n=ours["questions"], refused=ours["refused"]),
+        table(ask_headers, ask_rows),
         f"Peak RSS of this process (both pipelines and the LLM loaded): {d['peak_rss_mb']:.0f} MB.",
-    ])
+    ])  # fmt: skip
 
 
 def render_quality(d: dict) -> str:
     base = d["plain"]["answerable"]
+    names = {"plain": "plain llama-index retriever (baseline)", "dense": "ours, dense", "bm25": "ours, bm25"}
+    names["hybrid"] = "ours, hybrid"
     rows = []
-    for name, key in (("plain llama-index retriever (baseline)", "plain"), ("ours, dense", "dense"),
-                      ("ours, bm25", "bm25"), ("ours, hybrid", "hybrid")):
+    for key, name in names.items():
         a, t = d[key]["answerable"], d[key]["by_type"]
-        rows.append([name, f"{a['recall@5']:.3f}", f"{a['recall@10']:.3f}", f"{a['mrr']:.3f}",
-                     *(f"{t[k]['recall@10']:.3f}" for k in ("lookup", "fact", "multi")), ratio(a["mrr"], base["mrr"])])
-    return "\n".join([
-        "### Retrieval quality (dev set, paper level)", "",
-        f"{d['hybrid']['answerable']['n']} answerable dev questions (`rag eval --search-only`), k=10.", "",
-        table(["retriever", "Recall@5", "Recall@10", "MRR", "R@10 lookup", "R@10 fact", "R@10 multi", "MRR vs plain"],
-              rows),
-    ])
+        overall = [f"{a[k]:.3f}" for k in ("recall@5", "recall@10", "mrr")]
+        per_type = [f"{t[k]['recall@10']:.3f}" for k in ("lookup", "fact", "multi")]
+        rows.append([name, *overall, *per_type, ratio(a["mrr"], base["mrr"])])
+    headers = ["retriever", "Recall@5", "Recall@10", "MRR", "R@10 lookup", "R@10 fact", "R@10 multi", "MRR vs plain"]
+    return "\n\n".join([
+        "### Retrieval quality (dev set, paper level)",
+        f"{d['hybrid']['answerable']['n']} answerable dev questions (`rag eval --search-only`), k=10.",
+        table(headers, rows),
+    ])  # fmt: skip
 
 
 def render_scale(d: dict) -> str:
@@ -149,39 +208,32 @@ def render_scale(d: dict) -> str:
     b, first = runs[0], f"{runs[0]['papers']:,}"
     build_rows, search_rows = [], []
     for s in runs:
-        r, h = s["build"]["report"], s["search"]["search"]
-        build_rows.append([f"{s['papers']:,}", f"{s['chunks']:,}", f"{s['build']['process_seconds']:.0f} s",
-                           f"{s['papers_per_s_without_embedding']:.0f}", f"{s['papers_per_s_estimated']:.1f}",
-                           f"{r['store_seconds']:.0f} s", f"{r['bm25_seconds']:.0f} s", f"{s['disk_mb']:.0f} MB",
-                           f"{s['build']['peak_rss_mb']:.0f} MB", ratio(s["disk_mb"], b["disk_mb"]),
-                           ratio(s["build"]["peak_rss_mb"], b["build"]["peak_rss_mb"])])
-        search_rows.append([f"{s['papers']:,}", ms(h["hybrid"]["p50"]), ms(h["hybrid"]["p95"]), ms(h["dense"]["p50"]),
-                            ms(h["bm25"]["p50"]), secs(s["search"]["open_seconds"]),
-                            f"{s['search']['peak_rss_mb']:.0f} MB", f"{s['search']['dev_hybrid']['recall@10']:.3f}",
-                            ratio(h["hybrid"]["p50"], b["search"]["search"]["hybrid"]["p50"]),
-                            ratio(s["search"]["peak_rss_mb"], b["search"]["peak_rss_mb"])])
-    patched = any(s["build"].get("patched_all_nodes") for s in runs)
-    return "\n".join([
-        "### Scale (synthetic corpora)", "",
-        "Each corpus = the 693 bundled papers + synthetic ones made of their recombined sentences (seeded). Chunk "
-        "vectors are not computed by the model: bundled chunks keep their real vector, a synthetic chunk gets the "
-        "normalized sentence-weighted mean of its 2-4 source papers' vectors plus N(0, "
-        f"{d['noise']}²) noise per dimension. Everything else is `build_index` as `rag index` runs it (parse, chunk, "
-        "Chroma add, paper vectors, BM25) in a fresh process. Throughput *without embedding* is measured; *with "
-        f"embedding* adds chunks / {d['embed_chunks_per_s']:.1f} chunks/s, the model's rate measured on the bundled "
-        f"corpus in this run (extrapolated, not measured at that size). Ratios against the {first}-paper corpus."
-        + (" BM25 read back the chunks in pages (bench/worker.py `paged_all_nodes`): rag/index.py's single "
-           "`collection.get()` fails above ~32k chunks." if patched else ""), "",
-        table(["papers", "chunks", "build process", "papers/s w/o embedding", "papers/s with embedding (extrap.)",
-               "Chroma add", "BM25", "disk", "build peak RSS", f"disk vs {first}", f"RSS vs {first}"], build_rows),
-        "",
-        "Search: the 60 dev questions per mode after 3 warm-up searches, k=10; open = `Assistant` creation and a "
-        "first search (models and index loaded); peak RSS of that search process; Recall@10 of the 50 answerable "
-        "dev questions with hybrid search (the synthetic distractors reuse the real sentences, so they are harder "
-        "than real papers).", "",
-        table(["papers", "hybrid p50", "hybrid p95", "dense p50", "bm25 p50", "open", "search peak RSS", "dev R@10",
-               f"hybrid p50 vs {first}", f"RSS vs {first}"], search_rows),
-    ])
+        r, h, build, search = s["build"]["report"], s["search"]["search"], s["build"], s["search"]
+        build_rows.append([
+            f"{s['papers']:,}", f"{s['chunks']:,}", f"{build['process_seconds']:.0f} s",
+            f"{s['papers_per_s_without_embedding']:.0f}", f"{s['papers_per_s_estimated']:.1f}",
+            f"{r['store_seconds']:.0f} s", f"{r['bm25_seconds']:.0f} s", f"{s['disk_mb']:.0f} MB",
+            f"{build['peak_rss_mb']:.0f} MB", ratio(s["disk_mb"], b["disk_mb"]),
+            ratio(build["peak_rss_mb"], b["build"]["peak_rss_mb"]),
+        ])  # fmt: skip
+        search_rows.append([
+            f"{s['papers']:,}", ms(h["hybrid"]["p50"]), ms(h["hybrid"]["p95"]), ms(h["dense"]["p50"]),
+            ms(h["bm25"]["p50"]), secs(search["open_seconds"]), f"{search['peak_rss_mb']:.0f} MB",
+            f"{search['dev_hybrid']['recall@10']:.3f}",
+            ratio(h["hybrid"]["p50"], b["search"]["search"]["hybrid"]["p50"]),
+            ratio(search["peak_rss_mb"], b["search"]["peak_rss_mb"]),
+        ])  # fmt: skip
+    build_headers = ["papers", "chunks", "build process", "papers/s w/o embedding", "papers/s with embedding (extrap.)"]
+    build_headers += ["Chroma add", "BM25", "disk", "build peak RSS", f"disk vs {first}", f"RSS vs {first}"]
+    search_headers = ["papers", "hybrid p50", "hybrid p95", "dense p50", "bm25 p50", "open", "search peak RSS"]
+    search_headers += ["dev R@10", f"hybrid p50 vs {first}", f"RSS vs {first}"]
+    return "\n\n".join([
+        "### Scale (synthetic corpora)",
+        SCALE_NOTE.format(noise=d["noise"], rate=d["embed_chunks_per_s"], first=first),
+        table(build_headers, build_rows),
+        SCALE_SEARCH_NOTE,
+        table(search_headers, search_rows),
+    ])  # fmt: skip
 
 
 def plot_scale(d: dict, path: Path) -> None:
@@ -196,8 +248,7 @@ def plot_scale(d: dict, path: Path) -> None:
     fig, ax = plt.subplots(2, 2, figsize=(11, 8))
     for mode, style in (("hybrid", "o-"), ("dense", "s--"), ("bm25", "^:")):
         ax[0, 0].plot(n, [r["search"]["search"][mode]["p50"] * 1000 for r in runs], style, label=f"{mode} p50")
-    ax[0, 0].plot(n, [r["search"]["search"]["hybrid"]["p95"] * 1000 for r in runs], "o-", alpha=0.4,
-                  label="hybrid p95")
+    ax[0, 0].plot(n, [r["search"]["search"]["hybrid"]["p95"] * 1000 for r in runs], "o-", alpha=0.4, label="hybrid p95")
     ax[0, 0].set(title="Search latency, warm (k=10, query embedding incl.)", ylabel="ms")
     ax[0, 1].plot(n, [r["build"]["peak_rss_mb"] for r in runs], "o-", label="index build (process peak)")
     ax[0, 1].plot(n, [r["search"]["peak_rss_mb"] for r in runs], "s--", label="search (process peak)")
@@ -205,16 +256,23 @@ def plot_scale(d: dict, path: Path) -> None:
     ax[1, 0].plot(n, [r["disk_mb"] for r in runs], "o-", label="index generation on disk")
     ax[1, 0].set(title="Disk size (Chroma + BM25 + papers)", ylabel="MB")
     ax[1, 1].plot(n, [r["papers_per_s_without_embedding"] for r in runs], "o-", label="measured, vectors precomputed")
-    ax[1, 1].plot(n, [r["papers_per_s_estimated"] for r in runs], "s--",
-                  label=f"with embedding, extrapolated ({d['embed_chunks_per_s']:.0f} chunks/s)")
+    ax[1, 1].plot(
+        n,
+        [r["papers_per_s_estimated"] for r in runs],
+        "s--",
+        label=f"with embedding, extrapolated ({d['embed_chunks_per_s']:.0f} chunks/s)",
+    )
     ax[1, 1].set(title="Index throughput", ylabel="papers / s")
     for a in ax.flat:
         a.set(xscale="log", yscale="log", xlabel="papers in the index")
         a.grid(True, which="both", alpha=0.3)
         a.legend(fontsize=8)
     m = d["machine"]
-    fig.suptitle(f"abstract-rag at scale: synthetic corpora (bundled papers + recombined sentences, derived vectors), "
-                 f"{m['nproc']} cores ({m['cpu']}), {m['date']}", fontsize=9)
+    fig.suptitle(
+        f"abstract-rag at scale: synthetic corpora (bundled papers + recombined sentences, derived vectors), "
+        f"{m['nproc']} cores ({m['cpu']}), {m['date']}",
+        fontsize=9,
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -232,9 +290,11 @@ def render_all(suffix: str) -> str:
         if path.exists():
             d = json.loads(path.read_text())
             m = d["machine"]
-            parts.append(RENDER[name](d) + f"\n\n_Measured {m['date']} on {m['nproc']} cores ({m['cpu']}, "
-                         f"{m['ram_gb']} GB RAM), Python {m['python']}, torch {m['torch']}, commit {m['commit']}; "
-                         f"load average {m['load_avg_at_start']:.2f} before, {d['load_avg_after']:.2f} after._")
+            parts.append(
+                RENDER[name](d) + f"\n\n_Measured {m['date']} on {m['nproc']} cores ({m['cpu']}, "
+                f"{m['ram_gb']} GB RAM), Python {m['python']}, torch {m['torch']}, commit {m['commit']}; "
+                f"load average {m['load_avg_at_start']:.2f} before, {d['load_avg_after']:.2f} after._"
+            )
     return "\n\n".join(parts) + "\n"
 
 
@@ -249,8 +309,11 @@ def main() -> int:
     suffix = "-quick" if args.quick else ""
     info = machine()
     if info["load_avg_at_start"] > 0.5:
-        print(f"warning: load average {info['load_avg_at_start']:.2f}: other processes share the CPU; timings will "
-              "be noisy", file=sys.stderr)
+        print(
+            f"warning: load average {info['load_avg_at_start']:.2f}: other processes share the CPU; timings will "
+            "be noisy",
+            file=sys.stderr,
+        )
     work = Path(tempfile.mkdtemp(prefix="rag-bench-"))
     started = time.perf_counter()
     try:
@@ -259,16 +322,24 @@ def main() -> int:
             save("indexing" + suffix, idx)
         index_dir, plain_dir = idx["index_dir"], idx["plain_dir"]
         if "query" in sections:
-            save("query" + suffix, {"machine": machine(), **run_worker("query", index_dir, plain_dir,
-                                                                       6 if args.quick else 20, workdir=work)})
+            save(
+                "query" + suffix,
+                {
+                    "machine": machine(),
+                    **run_worker("query", index_dir, plain_dir, 6 if args.quick else 20, workdir=work),
+                },
+            )
         if "quality" in sections:
-            save("quality" + suffix, {"machine": machine(), **run_worker("quality", index_dir, plain_dir,
-                                                                         workdir=work)})
+            save(
+                "quality" + suffix, {"machine": machine(), **run_worker("quality", index_dir, plain_dir, workdir=work)}
+            )
         if "scale" in sections:
             r = idx["ours_cold"]["report"]
             sizes = [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000]
-            data = {"machine": machine(), **measure_scale(work, Path(index_dir), r["chunks"] / r["embed_seconds"],
-                                                          sizes)}
+            data = {
+                "machine": machine(),
+                **measure_scale(work, Path(index_dir), r["chunks"] / r["embed_seconds"], sizes),
+            }
             save("scale" + suffix, data)
             plot_scale(data, RESULTS / "scale-quick.png" if args.quick else ROOT / "docs" / "scale.png")
     finally:

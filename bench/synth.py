@@ -73,8 +73,13 @@ def make_corpus(real_index_dir: Path, size: int, out_dir: Path) -> dict:
         write_jsonl(out_dir / f"synth-{len(synth_ids) // FILE_PAPERS:02d}.jsonl", records)
     vectors = out_dir.parent / f"{out_dir.name}-vectors.npz"
     dim = len(next(iter(chunks.values())))
-    np.savez(vectors, chunk_ids=np.array(list(chunks)), chunk_vecs=np.array(list(chunks.values())),
-             paper_ids=np.array(synth_ids), paper_vecs=np.array(synth_vecs, dtype=np.float32).reshape(-1, dim))
+    np.savez(
+        vectors,
+        chunk_ids=np.array(list(chunks)),
+        chunk_vecs=np.array(list(chunks.values())),
+        paper_ids=np.array(synth_ids),
+        paper_vecs=np.array(synth_vecs, dtype=np.float32).reshape(-1, dim),
+    )
     return {"papers": size, "real": len(papers), "synthetic": len(synth_ids), "vectors": str(vectors)}
 
 
@@ -98,4 +103,3 @@ def vector_assigner(vectors_path: str):
             node.embedding = vec.astype(np.float32).tolist()
 
     return embed_nodes
-

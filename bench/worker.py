@@ -34,8 +34,11 @@ def index_ours(index_dir: str) -> dict:
 
     imported = time.perf_counter()
     report = build_index(Settings(index_dir=Path(index_dir)), progress=False)
-    return {"import_seconds": imported - STARTED, "build_seconds": time.perf_counter() - imported,
-            "report": report.to_dict()}
+    return {
+        "import_seconds": imported - STARTED,
+        "build_seconds": time.perf_counter() - imported,
+        "report": report.to_dict(),
+    }
 
 
 def plain_embedder():
@@ -62,10 +65,15 @@ def index_plain(persist_dir: str) -> dict:
     client = chromadb.PersistentClient(path=persist_dir, settings=chromadb.Settings(anonymized_telemetry=False))
     store = ChromaVectorStore(chroma_collection=client.get_or_create_collection(PLAIN_COLLECTION))
     VectorStoreIndex.from_documents(
-        docs, storage_context=StorageContext.from_defaults(vector_store=store), embed_model=embed_model)
+        docs, storage_context=StorageContext.from_defaults(vector_store=store), embed_model=embed_model
+    )
     chunks = client.get_collection(PLAIN_COLLECTION).count()
-    return {"import_seconds": imported - STARTED, "build_seconds": time.perf_counter() - imported,
-            "papers": len(papers), "chunks": chunks}
+    return {
+        "import_seconds": imported - STARTED,
+        "build_seconds": time.perf_counter() - imported,
+        "papers": len(papers),
+        "chunks": chunks,
+    }
 
 
 class PlainSearch:
@@ -115,8 +123,12 @@ def query(index_dir: str, plain_dir: str, n_ask: str) -> dict:
     questions = [q["question"] for q in dev_questions()]
     assistant = Assistant.open(index_dir=Path(index_dir))
     plain = PlainSearch(plain_dir)
-    out = {"search": {mode: timed_searches(lambda q, m=mode: assistant.search(q, k=10, mode=m), questions)
-                      for mode in ("hybrid", "dense", "bm25")}}
+    out = {
+        "search": {
+            mode: timed_searches(lambda q, m=mode: assistant.search(q, k=10, mode=m), questions)
+            for mode in ("hybrid", "dense", "bm25")
+        }
+    }
     out["search"]["plain"] = timed_searches(lambda q: plain.search(q, k=10), questions)
     embedder = load_embedder(assistant.settings.embed_model)
     out["search"]["embed_query"] = timed_searches(embedder.get_query_embedding, questions)
@@ -143,8 +155,13 @@ def ask_ours(assistant, questions: list[str]) -> dict:
                 refused += item.refused
                 if "first_token" in item.timings:
                     first_token.append(item.timings["first_token"])
-    return {"questions": len(questions), "refused": refused, "first_token": stats(first_token),
-            "first_text": stats(first_text), "total": stats(total)}
+    return {
+        "questions": len(questions),
+        "refused": refused,
+        "first_token": stats(first_token),
+        "first_text": stats(first_text),
+        "total": stats(total),
+    }
 
 
 def ask_plain(plain: PlainSearch, llm, questions: list[str]) -> dict:
@@ -170,44 +187,31 @@ def quality(index_dir: str, plain_dir: str) -> dict:
 
     dev = Path(__file__).resolve().parent.parent / "tests" / "data" / "dev.jsonl"
     assistant = Assistant.open(index_dir=Path(index_dir))
-    out = {mode: evaluate(assistant, dev, mode=mode, answers=False, progress=False)
-           for mode in ("hybrid", "dense", "bm25")}
+    out = {
+        mode: evaluate(assistant, dev, mode=mode, answers=False, progress=False) for mode in ("hybrid", "dense", "bm25")
+    }
     out["plain"] = evaluate(PlainSearch(plain_dir), dev, mode="plain", answers=False, progress=False)
     for report in out.values():
         report.pop("rows")
     return out
 
 
-def paged_all_nodes(collection, page: int = 10_000) -> list:
-    """rag.index.all_nodes reading Chroma in pages: one `get()` of every record fails above ~32k chunks
-    ("too many SQL variables"). Used only while rag/index.py lacks the fix (a `page` parameter)."""
-    from llama_index.core.vector_stores.utils import metadata_dict_to_node
-
-    nodes = []
-    for offset in range(0, collection.count(), page):
-        got = collection.get(include=["metadatas", "documents"], limit=page, offset=offset)
-        nodes += [metadata_dict_to_node(m, t) for m, t in zip(got["metadatas"], got["documents"], strict=True)]
-    return nodes
-
-
 def scale_build(corpus_dir: str, index_dir: str, vectors: str) -> dict:
     """`build_index` on a synthetic corpus, every step as in `rag index` except the embedding model: each chunk
     gets its vector from bench/synth.py (real chunks their real vector, synthetic ones a derived one)."""
-    import inspect
-
     import synth  # bench/ is on sys.path: this file runs as a script
 
     import rag.index
     from rag.settings import Settings
 
     rag.index.embed_nodes = synth.vector_assigner(vectors)
-    patched = "page" not in inspect.signature(rag.index.all_nodes).parameters
-    if patched:
-        rag.index.all_nodes = paged_all_nodes
     imported = time.perf_counter()
     report = rag.index.build_index(Settings(index_dir=Path(index_dir)), [corpus_dir], progress=False)
-    return {"import_seconds": imported - STARTED, "build_seconds": time.perf_counter() - imported,
-            "report": report.to_dict(), "patched_all_nodes": patched}
+    return {
+        "import_seconds": imported - STARTED,
+        "build_seconds": time.perf_counter() - imported,
+        "report": report.to_dict(),
+    }
 
 
 def scale_search(index_dir: str) -> dict:
@@ -220,17 +224,27 @@ def scale_search(index_dir: str) -> dict:
     assistant.search("warm up", k=10)
     opened = time.perf_counter() - t
     questions = [q["question"] for q in dev_questions()]
-    out = {"open_seconds": opened,
-           "search": {mode: timed_searches(lambda q, m=mode: assistant.search(q, k=10, mode=m), questions)
-                      for mode in ("hybrid", "dense", "bm25")}}
+    out = {
+        "open_seconds": opened,
+        "search": {
+            mode: timed_searches(lambda q, m=mode: assistant.search(q, k=10, mode=m), questions)
+            for mode in ("hybrid", "dense", "bm25")
+        },
+    }
     dev = Path(__file__).resolve().parent.parent / "tests" / "data" / "dev.jsonl"
     report = evaluate(assistant, dev, mode="hybrid", answers=False, progress=False)
     out["dev_hybrid"] = report["answerable"]
     return out
 
 
-TASKS = {"index-ours": index_ours, "index-plain": index_plain, "query": query, "quality": quality,
-         "scale-build": scale_build, "scale-search": scale_search}
+TASKS = {
+    "index-ours": index_ours,
+    "index-plain": index_plain,
+    "query": query,
+    "quality": quality,
+    "scale-build": scale_build,
+    "scale-search": scale_search,
+}
 
 if __name__ == "__main__":
     task, out, *args = sys.argv[1:]

@@ -122,16 +122,19 @@ def score_question(q: dict, hits: list, answer=None) -> dict:
         "gold_ranks": ranks,
     }
     if answer is not None:
-        row.update({
-            "refused": answer.refused,
-            "keyword_hit": keyword_hit(answer.text, q.get("answer_keywords") or []),
-            "citations_valid": None if answer.refused else citations_valid(
-                answer.text, answer.citations, {h.paper_id for h in hits}),
-            "gold_cited": gold_cited(answer.citations, gold) if q["type"] in ("lookup", "fact") else None,
-            "dropped": len(answer.dropped),  # generated sentences the verifier removed
-            "notices": answer.notices,
-            "timings": answer.timings,
-        })
+        row.update(
+            {
+                "refused": answer.refused,
+                "keyword_hit": keyword_hit(answer.text, q.get("answer_keywords") or []),
+                "citations_valid": None
+                if answer.refused
+                else citations_valid(answer.text, answer.citations, {h.paper_id for h in hits}),
+                "gold_cited": gold_cited(answer.citations, gold) if q["type"] in ("lookup", "fact") else None,
+                "dropped": len(answer.dropped),  # generated sentences the verifier removed
+                "notices": answer.notices,
+                "timings": answer.timings,
+            }
+        )
     return row
 
 
@@ -149,8 +152,14 @@ def latency(samples: dict[str, list[float]]) -> dict:
     return {stage: {"n": len(v), "p50": percentile(v, 50), "p95": percentile(v, 95)} for stage, v in samples.items()}
 
 
-def evaluate(assistant, file: str | Path, mode: str | None = None, limit: int | None = None, answers: bool = True,
-             progress: bool = True) -> dict:
+def evaluate(
+    assistant,
+    file: str | Path,
+    mode: str | None = None,
+    limit: int | None = None,
+    answers: bool = True,
+    progress: bool = True,
+) -> dict:
     """Search (k=10) and, when `answers`, ask every question; metrics per type, latency, per-question rows."""
     from tqdm import tqdm
 
@@ -213,26 +222,42 @@ def format_markdown(report: dict) -> str:
     groups = [*report["by_type"].items()]
     if report["answerable"]["n"]:
         groups.append(("all answerable", report["answerable"]))
-    lines = [f"Questions: {report['questions']} from {report['file']}; search mode {report['mode']}, "
-             f"k={report['k']}, paper level.", ""]
+    lines = [
+        f"Questions: {report['questions']} from {report['file']}; search mode {report['mode']}, "
+        f"k={report['k']}, paper level.",
+        "",
+    ]
     lines += ["| type | n | Recall@5 | Recall@10 | MRR |", "|---|---:|---:|---:|---:|"]
     for name, s in groups:
         if name != "unanswerable":
-            lines.append(f"| {name} | {s['n']} | {fmt(s.get('recall@5'))} | {fmt(s.get('recall@10'))} | "
-                         f"{fmt(s.get('mrr'))} |")
+            lines.append(
+                f"| {name} | {s['n']} | {fmt(s.get('recall@5'))} | {fmt(s.get('recall@10'))} | {fmt(s.get('mrr'))} |"
+            )
     if report["answers"]:
-        lines += ["", f"Answers ({report['backend']}). Keyword hit: the answer holds every expected fact; citations "
-                  "valid: every [n] names a retrieved paper; refused: the refusal rate (wanted on unanswerable, a "
-                  "false refusal elsewhere).", ""]
-        lines += ["| type | n | keyword hit | citations valid | gold paper cited | refused |",
-                  "|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            f"Answers ({report['backend']}). Keyword hit: the answer holds every expected fact; citations "
+            "valid: every [n] names a retrieved paper; refused: the refusal rate (wanted on unanswerable, a "
+            "false refusal elsewhere).",
+            "",
+        ]
+        lines += [
+            "| type | n | keyword hit | citations valid | gold paper cited | refused |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
         for name, s in groups:
-            lines.append(f"| {name} | {s['n']} | {fmt(s.get('keyword_hit'), True)} | "
-                         f"{fmt(s.get('citations_valid'), True)} | {fmt(s.get('gold_cited'), True)} | "
-                         f"{fmt(s.get('refused'), True)} |")
+            lines.append(
+                f"| {name} | {s['n']} | {fmt(s.get('keyword_hit'), True)} | "
+                f"{fmt(s.get('citations_valid'), True)} | {fmt(s.get('gold_cited'), True)} | "
+                f"{fmt(s.get('refused'), True)} |"
+            )
     lines += ["", "| latency (s) | n | p50 | p95 |", "|---|---:|---:|---:|"]
-    names = {"search": "search (k=10)", "first_token": "first LLM token", "first_text": "first text shown",
-             "total": "whole answer"}
+    names = {
+        "search": "search (k=10)",
+        "first_token": "first LLM token",
+        "first_text": "first text shown",
+        "total": "whole answer",
+    }
     for stage, s in report["latency"].items():
         lines.append(f"| {names.get(stage, stage)} | {s['n']} | {s['p50']:.3f} | {s['p95']:.3f} |")
     misses = [miss_line(r) for r in report["rows"]]
@@ -240,8 +265,11 @@ def format_markdown(report: dict) -> str:
     if misses:
         lines += ["", "Misses:"] + [f"- {m}" for m in misses]
     if report.get("missing_gold"):
-        lines += ["", f"Warning: {len(report['missing_gold'])} gold titles are not in the index, e.g. "
-                  f"{report['missing_gold'][0]!r}."]
+        lines += [
+            "",
+            f"Warning: {len(report['missing_gold'])} gold titles are not in the index, e.g. "
+            f"{report['missing_gold'][0]!r}.",
+        ]
     return "\n".join(lines)
 
 

@@ -174,15 +174,15 @@ def build_bm25(nodes: list, path: Path, top_k: int):
     return retriever
 
 
-def all_nodes(collection) -> list:
-    """Every chunk stored in Chroma, as llama-index nodes (for BM25 after an incremental change)."""
+def all_nodes(collection, page: int = 10_000) -> list:
+    """Every chunk stored in Chroma, as llama-index nodes (for BM25), read in pages: one `get()` of every record
+    fails above ~32k chunks ("too many SQL variables", found by bench/run.py at 100k papers)."""
     from llama_index.core.vector_stores.utils import metadata_dict_to_node
 
-    got = collection.get(include=["metadatas", "documents"])
     nodes = []
-    for meta, text in zip(got["metadatas"], got["documents"]):
-        node = metadata_dict_to_node(meta, text)
-        nodes.append(node)
+    for offset in range(0, collection.count(), page):
+        got = collection.get(include=["metadatas", "documents"], limit=page, offset=offset)
+        nodes += [metadata_dict_to_node(meta, text) for meta, text in zip(got["metadatas"], got["documents"])]
     return nodes
 
 

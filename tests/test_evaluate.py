@@ -81,10 +81,20 @@ def test_load_questions_rejects_unknown_type(tmp_path):
 
 PAPERS = {"p1": "Paper One", "p2": "Paper Two", "p3": "Paper Three"}
 QUESTIONS = [
-    {"id": "q1", "type": "lookup", "question": "which paper does one?", "gold_titles": ["Paper One"],
-     "answer_keywords": [["One"]]},
-    {"id": "q2", "type": "fact", "question": "how many in two?", "gold_titles": ["Paper Two"],
-     "answer_keywords": [["42"], ["layers", "blocks"]]},
+    {
+        "id": "q1",
+        "type": "lookup",
+        "question": "which paper does one?",
+        "gold_titles": ["Paper One"],
+        "answer_keywords": [["One"]],
+    },
+    {
+        "id": "q2",
+        "type": "fact",
+        "question": "how many in two?",
+        "gold_titles": ["Paper Two"],
+        "answer_keywords": [["42"], ["layers", "blocks"]],
+    },
     {"id": "q3", "type": "unanswerable", "question": "who funded it?", "gold_titles": [], "answer_keywords": []},
 ]
 
@@ -113,11 +123,23 @@ class FakeAssistant:
         self.asked.append((question, mode))
         timings = {"search": 0.01, "evidence": 0.02, "first_text": 0.5, "total": 1.0}
         if "one" in question:
-            return Answer(question, "Paper One does it [1].", False, [cite(1, "p1")],
-                          timings={**timings, "first_token": 0.3}, backend="fake")
+            return Answer(
+                question,
+                "Paper One does it [1].",
+                False,
+                [cite(1, "p1")],
+                timings={**timings, "first_token": 0.3},
+                backend="fake",
+            )
         if "two" in question:
-            return Answer(question, "It has 42 parts [1][2].", False, [cite(1, "p1"), cite(2, "p9")],
-                          timings=timings, backend="fake")
+            return Answer(
+                question,
+                "It has 42 parts [1][2].",
+                False,
+                [cite(1, "p1"), cite(2, "p9")],
+                timings=timings,
+                backend="fake",
+            )
         return Answer(question, "I could not find this in the indexed papers.", True, timings=timings, backend="fake")
 
 
@@ -134,8 +156,16 @@ def test_evaluate_end_to_end(questions_file):
     assert report["questions"] == 3 and report["mode"] == "bm25" and report["backend"] == "fake"
     assert [m for _, m in fake.asked] == ["bm25"] * 3
     lookup, fact, unanswerable = (report["by_type"][t] for t in ("lookup", "fact", "unanswerable"))
-    assert lookup == {"n": 1, "recall@5": 1.0, "recall@10": 1.0, "mrr": 1.0, "keyword_hit": 1.0,
-                      "citations_valid": 1.0, "gold_cited": 1.0, "refused": 0.0}
+    assert lookup == {
+        "n": 1,
+        "recall@5": 1.0,
+        "recall@10": 1.0,
+        "mrr": 1.0,
+        "keyword_hit": 1.0,
+        "citations_valid": 1.0,
+        "gold_cited": 1.0,
+        "refused": 0.0,
+    }
     assert fact["mrr"] == 0.5 and fact["keyword_hit"] == 0.0 and fact["citations_valid"] == 0.0
     assert fact["gold_cited"] == 0.0
     assert unanswerable["refused"] == 1.0 and "recall@5" not in unanswerable
