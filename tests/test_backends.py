@@ -68,40 +68,31 @@ def test_missing_model_names_the_setting(tmp_path):
         make_llm(Settings(llm_backend="llamacpp", llm_model=str(tmp_path / "nope.gguf")))
 
 
-@pytest.fixture(scope="module")
-def llama_server():
-    """A real OpenAI-compatible server with the bundled model on a free loopback port."""
+def start_server() -> tuple[subprocess.Popen, str]:
+    """A real OpenAI-compatible server (python -m llama_cpp.server) with the bundled model on a free loopback port,
+    once it accepts connections: (process, base url)."""
     port = free_port()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            str(gguf_location("bundled")),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--n_ctx",
-            "2048",
-            "--n_threads",
-            "2",
-        ],
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_location("bundled")), "--host", "127.0.0.1",
+         "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-    )
+    )  # fmt: skip
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc, f"http://127.0.0.1:{port}/v1"
         except OSError:
             time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("llama_cpp.server did not start")
-    yield proc, f"http://127.0.0.1:{port}/v1"
+    proc.kill()
+    pytest.fail("llama_cpp.server did not start")
+
+
+@pytest.fixture(scope="module")
+def llama_server():
+    proc, url = start_server()
+    yield proc, url
     proc.kill()
     proc.wait()
 
@@ -154,30 +145,9 @@ class KillsServerMidAnswer(CustomLLM):
 
 @pytest.mark.slow
 def test_server_killed_mid_answer_gives_the_evidence_and_one_line(fixture_index):
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            str(gguf_location("bundled")),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server, url = start_server()
     try:
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                time.sleep(0.2)
-        settings = openai_settings(fixture_index, f"http://127.0.0.1:{port}/v1", llm_max_tokens=300)
+        settings = openai_settings(fixture_index, url, llm_max_tokens=300)
         llm = KillsServerMidAnswer(inner=make_llm(settings), server=server)
         answer = Assistant(settings, llm=llm).ask(QUESTION)
     finally:
