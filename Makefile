@@ -48,7 +48,7 @@ format: $(BIN)/.installed-dev
 eval: index
 	$(BIN)/rag eval tests/data/dev.jsonl
 
-bench: $(BIN)/.installed-dev index
+bench: $(BIN)/.installed-dev
 	$(BIN)/python bench/run.py
 
 clean:

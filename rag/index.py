@@ -287,9 +287,9 @@ def _write_generation(settings, gen, new_gen, papers, to_embed, removed, report,
     chunk_store, chunks = open_vector_store(new_gen / "chroma", CHUNKS)
     paper_store, paper_vectors = open_vector_store(new_gen / "chroma", PAPERS)
     t = time.perf_counter()
-    if removed:
-        chunks.delete(where={"paper_id": {"$in": removed}})
-        paper_vectors.delete(ids=removed)
+    for start in range(0, len(removed), 5000):  # Chroma's SQLite takes ~32k variables per statement
+        chunks.delete(where={"paper_id": {"$in": removed[start : start + 5000]}})
+        paper_vectors.delete(ids=removed[start : start + 5000])
     report.store_seconds += time.perf_counter() - t
     if to_embed:
         embedder = load_embedder(settings.embed_model, settings.embed_batch_size)
