@@ -102,11 +102,12 @@ class StreamVerifier:
     def feed(self, delta: str) -> list[str]:
         self.raw += delta
         units = text_units(self.raw)
+        complete = units
         if not self.raw.endswith("\n"):
-            units = units[:-1]
-            if units and re.fullmatch(r"\[[^\]]*\]?", text_units(self.raw)[-1]):
-                units = units[:-1]  # "... gap. [1" : the marker may still belong to the sentence before it
-        return self._take(units)
+            complete = units[:-1]
+            if complete and re.fullmatch(r"\[[^\]]*\]?", units[-1]):
+                complete = complete[:-1]  # "... gap. [1" : the marker may still belong to the sentence before it
+        return self._take(complete)
 
     def finish(self) -> list[str]:
         return self._take(text_units(self.raw))
