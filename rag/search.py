@@ -36,6 +36,7 @@ class Searcher:
             raise IndexingError(f"no index in {settings.index_dir}: run `rag index` first")
         self.settings = settings
         self.generation: Path = gen
+        self.version = storage.live_version(settings.index_dir)  # compared by servers to notice a newer build
         self.manifest = read_manifest(gen)
         check_model(self.manifest, settings)
         self.papers = {p["id"]: p for p in storage.read_jsonl(gen / "papers.jsonl")}

@@ -58,6 +58,12 @@ def current_generation(index_dir: Path) -> Path | None:
     return gen if (gen / "manifest.json").exists() else None
 
 
+def live_version(index_dir: Path) -> str | None:
+    """A token that changes whenever a build publishes; a long-running server compares it to reopen the index."""
+    gen = current_generation(index_dir)
+    return gen.name if gen else None
+
+
 def new_generation(index_dir: Path) -> Path:
     gen = index_dir / f"gen-{time.time_ns()}"
     gen.mkdir(parents=True)
