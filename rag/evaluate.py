@@ -91,6 +91,47 @@ def mean(values: list) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def verifier_figures(rows: list[dict]) -> dict:
+    """The verifier on labelled sentences ({question, evidence: [{n, title, quote}], sentence, label}): the share
+    of bad ones dropped (a MISCITED one re-cited to the evidence that states it also counts) and of supported ones
+    kept, per label, with the sentences it got wrong."""
+    from rag.citations import check_sentence
+    from rag.evidence import Evidence
+
+    per_label: dict[str, list[bool]] = {}
+    errors = []
+    for row in rows:
+        evidence = [
+            Evidence(e["n"], e.get("paper_id", e["title"]), e["title"], "", e["quote"], 1.0, 1)
+            for e in row["evidence"]
+        ]
+        checked = check_sentence(row["sentence"], evidence, row.get("question", ""))
+        cited = set(parse_markers(row["sentence"]))
+        if row["label"] == "SUPPORTED":
+            right = bool(checked.text)
+        elif row["label"] == "MISCITED":
+            right = not checked.text or not (set(checked.cited) & cited)
+        else:
+            right = not checked.text
+        per_label.setdefault(row["label"], []).append(right)
+        if not right:
+            errors.append(f"{row['id']} {row['label']}: {'kept ' + checked.text if checked.text else checked.reason}")
+    bad = [r for label, rs in per_label.items() if label != "SUPPORTED" for r in rs]
+    good = per_label.get("SUPPORTED", [])
+    out = {
+        "sentences": len(rows),
+        "bad_dropped": mean(bad),
+        "supported_kept": mean(good),
+        "per_label": {label: {"n": len(rs), "right": sum(rs)} for label, rs in sorted(per_label.items())},
+        "errors": errors,
+    }
+    out["summary"] = (
+        f"{len(rows)} sentences: bad dropped {sum(bad)}/{len(bad)} ({fmt(out['bad_dropped'], True)}), "
+        f"supported kept {sum(good)}/{len(good)} ({fmt(out['supported_kept'], True)})"
+    )
+    return out
+
+
 # --- running --------------------------------------------------------------------------------------------------------
 
 
