@@ -37,10 +37,11 @@ SYNTHESIS = (
     "answer the question, say so."
 )
 EXTRACTIVE_SENTENCES = 2  # the bundled model adds at most this many verified sentences; then generation stops
+SAME_PAPER_SHARE = 0.9  # a part's answer is taken from the top paper when it scores this share of the best
 REPEATS_OPENING = 0.8  # a generated sentence whose words the opening already holds to this share adds nothing
 WHICH_PAPERS = re.compile(
-    r"^\s*(which|what)\s+(\w+\s+){0,2}(papers|works|studies|methods|approaches|frameworks|models)\b"
-    r"|\b(papers|works|studies) (on|about|that|which)\b|\bpapers\??\s*$",
+    r"\b(which|what)\s+(\w+\s+){0,2}(papers|works|studies|methods|approaches|frameworks|models)\b"
+    r"|\b(papers|works|studies) (on|about|that|which)\b|\bpapers\??\s*$|\bthe literature\b",
     re.I,
 )
 WHICH_PAPER = re.compile(
@@ -150,19 +151,47 @@ def answering_clause(sentence: str, question: str) -> str:
     return prefix + clause + ("" if clause.endswith(".") else " …")
 
 
+def answering_sentences(question: str, evidence: list[Evidence]) -> list[Evidence]:
+    """The evidence sentence that answers each part of the question (one for most questions), best paper first:
+    a part's answer comes from the top paper when that paper holds a sentence nearly as good as any other."""
+    parts = len(evidence[0].part_scores)
+    if not parts:
+        return [evidence[0]]
+    chosen: list[Evidence] = []
+    for part in range(parts):
+        best = max(evidence, key=lambda ev: ev.part_scores[part])
+        same_paper = [ev for ev in evidence if ev.n == evidence[0].n]
+        top = max(same_paper, key=lambda ev: ev.part_scores[part])
+        pick = top if top.part_scores[part] >= SAME_PAPER_SHARE * best.part_scores[part] else best
+        if pick not in chosen:
+            chosen.append(pick)
+    order = {id(ev): i for i, ev in enumerate(evidence)}
+    return sorted(chosen, key=lambda ev: order[id(ev)])
+
+
+def quote_of(sentences: list[Evidence], question: str) -> str:
+    """“…” [n] for each paper's answering sentences (several of one paper joined by an ellipsis)."""
+    out = []
+    for n in dict.fromkeys(ev.n for ev in sentences):
+        clauses = [answering_clause(ev.quote, question) for ev in sentences if ev.n == n]
+        out.append(f"“{' … '.join(clauses)}” [{n}]")
+    return "; ".join(out)
+
+
 def opening_sentence(question: str, evidence: list[Evidence]) -> str:
     """The direct answer built from the evidence: for "which papers" questions the papers named, each cited; for
-    "which paper/method" the top paper named with its answering sentence; otherwise the answering sentence, quoted."""
-    best = evidence[0]
-    quote = answering_clause(best.quote, question)
+    "which paper/method" the top paper named with its answering sentence; otherwise the sentences that answer the
+    question (one per part it asks), quoted and cited."""
+    answering = answering_sentences(question, evidence)
+    quote = quote_of(answering, question)
     if WHICH_PAPERS.search(question):
         groups = papers_of(evidence)
         named = [f"“{g[0].title}” [{g[0].n}]" for g in groups]
         listed = named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
-        return f"Papers on this: {listed}. The closest, [{best.n}], states: “{quote}”"
+        return f"Papers on this: {listed}. The closest states: {quote}"
     if WHICH_PAPER.search(question):
-        return f"“{best.title}” [{best.n}] states: “{quote}”"
-    return f"“{quote}” [{best.n}]"
+        return f"“{evidence[0].title}” [{evidence[0].n}] states: {quote}"
+    return quote
 
 
 def answer_style(settings: Settings) -> str:
@@ -206,9 +235,8 @@ def run(
 
     t = time.perf_counter()
     scored = score_sentences(query, hits[: settings.answer_papers], searcher.papers, embed)
-    evidence = select(
-        scored, settings.evidence_per_paper, settings.evidence_max, settings.evidence_threshold, settings.evidence_floor
-    )
+    floor = settings.evidence_floor_papers if WHICH_PAPERS.search(question) else settings.evidence_floor
+    evidence = select(scored, settings.evidence_per_paper, settings.evidence_max, settings.evidence_threshold, floor)
     timings["evidence"] = time.perf_counter() - t
     answer = Answer(question=question, text="", refused=False, evidence=evidence, backend=backend, query=query)
 

@@ -16,7 +16,7 @@ rarely state (authors, year, venue, licence, hardware, money) and no evidence ho
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
 from rag.sentences import split_sentences
@@ -63,7 +63,8 @@ ANSWER_KINDS = [
 # Kinds of fact that abstracts rarely state: (what the question asks, what evidence must show to answer it).
 FACT_KINDS = {
     "authors": (
-        re.compile(r"\b(who (wrote|authored|are the authors|is the author)|authors? of|written by)\b", re.I),
+        # "written by NLP practitioners" is about the data, not the paper's authors
+        re.compile(r"\b(who (wrote|authored|are the authors|is the author)|authors? of|(paper|it) (was )?written by)\b", re.I),
         re.compile(r"\bauthors?:|\bet al\b", re.I),
     ),
     "year": (
@@ -99,9 +100,12 @@ class Evidence:
     quote: str
     score: float
     rank: int  # the paper's rank in the search
+    part_scores: list[float] = field(default_factory=list, repr=False)  # per part of a question that asks several
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("part_scores")
+        return out
 
 
 @lru_cache(maxsize=1)
@@ -145,8 +149,45 @@ def paper_sentences(paper: dict) -> list[str]:
     return out
 
 
+# Where a question asks a second thing: ", and on how many ...", "? What ...", "Flipped Learning: size, tasks, and
+# margin?" (a list after a colon).
+PART_BOUNDARY = re.compile(
+    r",?\s+and\s+(?=(?:on |in |for |with |by |to |at )?(?:how|what|which|who|where|when|why|whether|is|are|does|do|did)\b)"
+    r"|\?\s+(?=\S)",
+    re.I,
+)
+
+
+def question_parts(question: str) -> list[str]:
+    """The separate asks of a question (one part for most questions)."""
+    parts = [p.strip(" ?,") for p in PART_BOUNDARY.split(question) if p and len(content_terms(p)) >= 2]
+    if len(parts) == 1 and ":" in question:
+        head, tail = question.split(":", 1)
+        items = [i for i in re.split(r",\s*(?:and\s+)?|\s+and\s+", tail.strip(" ?")) if content_terms(i)]
+        if len(items) >= 2:
+            parts = [f"{head}: {i}" for i in items]
+    return parts if len(parts) > 1 else [question]
+
+
+# Sentences that never answer a question about the research: links, code release notes.
+BOILERPLATE = re.compile(
+    r"https?://|\b(code|data|models?|datasets?)( and (code|data|models?))? (is|are|will be) (publicly |freely )?"
+    r"(available|released)|\bwe (will )?(publicly )?release (our|the) code\b",
+    re.I,
+)
+
+
+def sentence_score(q_vec, q_terms: set[str], wants, vec, terms: set[str], sentence: str, rank: int) -> float:
+    meaning = sum(a * b for a, b in zip(q_vec, vec))
+    words = len(q_terms & terms) / max(1, len(q_terms))
+    kind = 1.0 if wants and wants[0].search(sentence) else 0.0
+    score = W_MEANING * meaning + W_WORDS * words + W_KIND * kind + W_RANK / rank
+    return score / 2 if BOILERPLATE.search(sentence) else score
+
+
 def score_sentences(question: str, hits: list, papers: dict[str, dict], embed) -> list[Evidence]:
-    """Every sentence of the hit papers, scored against the question, best first (n is not yet assigned).
+    """Every sentence of the hit papers, scored against the question, best first (n is not yet assigned). When the
+    question asks several things, each sentence is also scored against each part (`Evidence.part_scores`).
 
     `embed(texts) -> list[vector]` gives normalized vectors; the question is embedded with the sentences.
     """
@@ -157,19 +198,21 @@ def score_sentences(question: str, hits: list, papers: dict[str, dict], embed) -
             rows.append((hit, paper, sentence))
     if not rows:
         return []
-    vectors = embed([question] + [s for _, _, s in rows])
-    q_vec = vectors[0]
-    q_terms = content_terms(question)
-    wants = [holds for asks, holds in ANSWER_KINDS if asks.search(question)][:1]
+    parts = question_parts(question)
+    asks = [question] + (parts if len(parts) > 1 else [])
+    vectors = embed(asks + [s for _, _, s in rows])
+    ask_terms = [content_terms(a) for a in asks]
+    wants = [[holds for kind, holds in ANSWER_KINDS if kind.search(a)][:1] for a in asks]
     title_terms = {hit.paper_id: content_terms(papers[hit.paper_id]["title"]) for hit in hits}
     out = []
-    for (hit, paper, sentence), vec in zip(rows, vectors[1:]):
-        meaning = sum(a * b for a, b in zip(q_vec, vec))
-        s_terms = content_terms(sentence)
-        words = len(q_terms & (s_terms | title_terms[hit.paper_id])) / max(1, len(q_terms))
-        kind = 1.0 if wants and wants[0].search(sentence) else 0.0
-        score = W_MEANING * meaning + W_WORDS * words + W_KIND * kind + W_RANK / hit.rank
-        out.append(Evidence(0, hit.paper_id, paper["title"], paper["url"], sentence, round(score, 4), hit.rank))
+    for (hit, paper, sentence), vec in zip(rows, vectors[len(asks) :]):
+        terms = content_terms(sentence) | title_terms[hit.paper_id]
+        scores = [
+            sentence_score(vectors[i], ask_terms[i], wants[i], vec, terms, sentence, hit.rank) for i in range(len(asks))
+        ]
+        ev = Evidence(0, hit.paper_id, paper["title"], paper["url"], sentence, round(scores[0], 4), hit.rank)
+        ev.part_scores = [round(x, 4) for x in scores[1:]]
+        out.append(ev)
     out.sort(key=lambda e: -e.score)
     return out
 
@@ -190,6 +233,11 @@ def select(
         chosen.append(ev)
         if len(chosen) == limit:
             break
+    papers = {ev.paper_id for ev in chosen}
+    for part in range(len(scored[0].part_scores) if chosen else 0):  # the best answer to each part of the question
+        best_for_part = max((ev for ev in scored if ev.paper_id in papers), key=lambda ev: ev.part_scores[part])
+        if best_for_part not in chosen and best_for_part.score >= threshold:
+            chosen.append(best_for_part)
     numbers: dict[str, int] = {}
     for ev in chosen:
         ev.n = numbers.setdefault(ev.paper_id, len(numbers) + 1)

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     evidence_floor: float = Field(
         0.8, description="Evidence must score at least this share of the best sentence's score (calibrated)."
     )
+    evidence_floor_papers: float = Field(
+        0.7, description="The same floor for questions asking which papers address a theme (calibrated)."
+    )
     refuse_threshold: float = Field(0.35, description="Refuse when the best evidence scores below this (calibrated).")
     unknown_share: float = Field(
         0.15, description="Refuse when this share of the question's words occurs nowhere in the corpus (calibrated)."
