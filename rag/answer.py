@@ -36,7 +36,7 @@ SYNTHESIS = (
     "it, like [1]. Use only what the context states, with its exact numbers and names. If the context does not "
     "answer the question, say so."
 )
-EXTRACTIVE_SENTENCES = 2  # the bundled model adds at most this many verified sentences; then generation stops
+EXTRACTIVE_SENTENCES = 2  # sentences of the bundled model checked before generation stops
 SAME_PAPER_SHARE = 0.9  # a part's answer is taken from the top paper when it scores this share of the best
 REPEATS_OPENING = 0.8  # a generated sentence whose words the opening already holds to this share adds nothing
 WHICH_PAPERS = re.compile(
@@ -279,8 +279,9 @@ def run(
                     timings["first_token"] = time.perf_counter() - started
                 for sentence in verifier.feed(delta):
                     yield emit(sentence)
-                if style == "extractive" and len(verifier.kept) >= EXTRACTIVE_SENTENCES:
-                    break
+                checked = len(verifier.kept) + len(verifier.dropped) + verifier.repeated
+                if style == "extractive" and checked >= EXTRACTIVE_SENTENCES:
+                    break  # asked for one sentence: what a small model writes after two is filler
             else:
                 for sentence in verifier.finish():
                     yield emit(sentence)

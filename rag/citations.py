@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from rag.evidence import Evidence, content_terms, stems
+from rag.evidence import Evidence, content_terms, content_words, stems
 from rag.sentences import split_sentences
 
 # [1]  [1, 2]  [1-3]  [1–3]  [1; 2]  [1 and 2]   (adjacent groups like [1][3] are matched one by one)
@@ -74,7 +74,7 @@ NUMBER_WORDS = {
 } | {"thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "hundred": "100", "thousand": "1000"}
 NUMBER = re.compile(
     r"(?<![\w.\-–/])(\d+(?:,\d{3})*(?:\.\d+)?)(?:\s*(%|percent\b|×|x\b|times\b|[kKmMbBtT]\b))?(?![\w.\-–/]*\w)"
-    r"|\b(" + "|".join(NUMBER_WORDS) + r")\b",
+    r"|(?<![\w\-])(" + "|".join(NUMBER_WORDS) + r")(?![\w\-])",
     re.I,
 )
 # Identifiers: words with a digit or an inner capital or all capitals (GPT-4, Llama2-70B, SnapFusion, LoRA, BERT).
@@ -84,7 +84,7 @@ UNIT_ALIASES = {"percent": "%", "×": "x", "times": "x"}
 CLAUSE = re.compile(r"\s*(?:;|,\s*(?:and|but|while|whereas|although)\b|\b(?:but|whereas|while)\b)\s*", re.I)
 
 MIN_TERMS = 3  # fewer content words than this is filler ("The answer is:"), not a claim
-NEW_WORDS = 1  # content words the evidence does not hold that a sentence may add (per 8 words)
+NEW_WORDS = 1  # content words the evidence does not hold that a sentence may add, plus one per 8 words
 TITLE_SHARE = 0.34  # most of a claim must come from the abstract, not from its title
 
 
@@ -114,7 +114,7 @@ def terms_of(text: str) -> set[str]:
 def numbers(text: str) -> set[tuple[str, str]]:
     """(value, unit) pairs stated in text: "88%" -> ("88", "%"), "70B" -> ("70", "b"), "ten" -> ("10", "")."""
     out = set()
-    for m in NUMBER.finditer(text):
+    for m in NUMBER.finditer(text.replace("\\%", "%")):  # abstracts often keep LaTeX's "20\%"
         if m.group(3):
             out.add((NUMBER_WORDS[m.group(3).lower()], ""))
             continue
@@ -125,11 +125,28 @@ def numbers(text: str) -> set[tuple[str, str]]:
     return out
 
 
+def counted(text: str) -> set[tuple[str, str]]:
+    """(value, the stemmed word after it): what each number counts ("8 denoising steps" -> ("8", "denois"))."""
+    out = set()
+    text = text.replace("\\%", "%")
+    for m in NUMBER.finditer(text):
+        value = (m.group(1) or NUMBER_WORDS.get((m.group(3) or "").lower(), "")).replace(",", "")
+        after = content_words(text[m.end() : m.end() + 40])
+        if value and after and not m.group(2):
+            out.add((value, stems(after[:1])[0]))
+    return out
+
+
 def numbers_stated(sentence: str, source: str) -> bool:
-    """Every number of the sentence is in the source with the same unit (a bare number matches any unit)."""
+    """Every number of the sentence is in the source with the same unit (a bare number matches any unit), and
+    counts the same thing: "50 denoising steps" is not stated by "8 denoising steps ... 50 steps"."""
     have = numbers(source)
     values = {v for v, _ in have}
-    return all((v, u) in have if u else v in values for v, u in numbers(sentence))
+    if not all((v, u) in have if u else v in values for v, u in numbers(sentence)):
+        return False
+    source_counts = counted(source)
+    counted_words = {w for _, w in source_counts}
+    return all(pair in source_counts for pair in counted(sentence) if pair[1] in counted_words)
 
 
 def names(text: str) -> set[str]:
@@ -203,7 +220,7 @@ class Verifier:
         if not terms:
             return "vacuous"
         new = terms - quote_terms - title_terms
-        if len(new) > NEW_WORDS * max(1, len(terms) // 8):
+        if len(new) > NEW_WORDS + len(terms) // 8:
             return "unsupported"
         others = (self._terms[id(o)][0] for o in self.evidence if o.quote != ev.quote)
         if new and any(new & other for other in others):
@@ -219,7 +236,8 @@ class Verifier:
         terms = content_terms(claim) - FREE
         informative = terms - self.question_terms - self.title_terms
         quoted = set().union(*(self._terms[id(ev)][0] for ev in supporting))
-        return len(informative & quoted) < 2 and not numbers(claim)
+        stated = set().union(*(numbers(ev.quote) for ev in supporting))
+        return len(informative & quoted) < 2 and not numbers(claim) & stated
 
     def supporting(self, claim: str, candidates: list[Evidence]) -> tuple[list[Evidence], str]:
         """The candidates that state the claim, or ([], the reason the closest one does not)."""
@@ -227,8 +245,9 @@ class Verifier:
         good = [ev for ev, r in reasons if not r]
         if good:
             return good, ""
-        order = ["polarity", "number", "name", "splice", "title", "unsupported", "vacuous"]
-        return [], min((r for _, r in reasons), key=order.index, default="no evidence")
+        terms = terms_of(claim)
+        closest = max(reasons, key=lambda er: len(terms & self._terms[id(er[0])][0]), default=(None, "no evidence"))
+        return [], closest[1]
 
     def spliced(self, claim: str, cited: list[int]) -> list[Evidence]:
         """A claim joining two cited sources: kept when every clause is stated by one of them."""

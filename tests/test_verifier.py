@@ -55,6 +55,8 @@ QUESTION = "How many denoising steps does SnapFusion need to beat Stable Diffusi
         ("SnapFusion needs 1 denoising step to beat Stable Diffusion v1.5 [1].", False),  # "1" is inside "v1.5"
         ("SnapFusion needs 80 denoising steps [1].", False),
         ("SnapFusion needs 8% denoising steps [1].", False),
+        ("SnapFusion beats Stable Diffusion v1.5 with 8 steps using only 50 denoising steps [1].", False),  # swapped
+        ("SnapFusion uses 8 denoising steps and beats Stable Diffusion v1.5 with 50 steps [1].", True),
         ("LoRA reduces the number of trainable parameters by 10,000 times [2].", True),
         ("LoRA increases the number of trainable parameters by 10,000 times [2].", False),
         ("LoRA does not reduce the number of trainable parameters [2].", False),
