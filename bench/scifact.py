@@ -60,10 +60,9 @@ def ndcg_at(ranked_ids: list[set[str]], gold: set[str], k: int = 10) -> float:
 
 def ensure_index(corpus_file: Path, index_dir: Path, rebuild: bool) -> float:
     """Build the SciFact index unless one is there; returns the build seconds (0 when reused)."""
+    from rag import storage
     from rag.index import build_index
     from rag.settings import Settings
-
-    from rag import storage
 
     if storage.current_generation(index_dir) and not rebuild:
         return 0.0
@@ -115,12 +114,13 @@ def measure_evidence(assistant, corpus: dict, claims: list[dict], ids_by_title: 
             continue
         rationale = [(doc, corpus[doc]["sentences"][i]) for doc, idx in c["rationales"].items() for i in idx]
         answer = assistant.ask(c["claim"])
-
-        def is_rationale(ev) -> bool:
-            docs = ids_by_title.get(title_key(ev.title), set())
-            return any(doc in docs and same_sentence(ev.quote, s) for doc, s in rationale)
-
-        marks = [is_rationale(ev) for ev in answer.evidence]
+        marks = [
+            any(
+                doc in ids_by_title.get(title_key(ev.title), set()) and same_sentence(ev.quote, s)
+                for doc, s in rationale
+            )
+            for ev in answer.evidence
+        ]
         rows.append({"id": c["id"], "refused": answer.refused, "marks": marks})
     n = len(rows)
     shown = [m for r in rows for m in r["marks"]]

@@ -38,9 +38,7 @@ LEAD_IN = re.compile(
     re.I,
 )
 
-NEGATION = re.compile(
-    r"\b(not|no|never|without|none|neither|nor|cannot|unable|fails?|failed|lacks?|\w+n't)\b", re.I
-)
+NEGATION = re.compile(r"\b(not|no|never|without|none|neither|nor|cannot|unable|fails?|failed|lacks?|\w+n't)\b", re.I)
 # Pairs of opposite findings (stems): a sentence saying one where its evidence says only the other is flipped.
 OPPOSITES = [
     ({"improv", "enhanc", "boost"}, {"degrad", "hurt", "harm", "wors", "impair"}),
@@ -108,7 +106,9 @@ def strip_markers(text: str) -> str:
 
 def terms_of(text: str) -> set[str]:
     """Content terms with number words as digits ("eight steps" and "8 steps" say the same)."""
-    return content_terms(re.sub(r"\b(" + "|".join(NUMBER_WORDS) + r")\b", lambda m: NUMBER_WORDS[m.group(1)], text.lower()))
+    return content_terms(
+        re.sub(r"\b(" + "|".join(NUMBER_WORDS) + r")\b", lambda m: NUMBER_WORDS[m.group(1)], text.lower())
+    )
 
 
 def numbers(text: str) -> set[tuple[str, str]]:

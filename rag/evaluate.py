@@ -111,8 +111,7 @@ def verifier_figures(rows: list[dict]) -> dict:
     errors = []
     for row in rows:
         evidence = [
-            Evidence(e["n"], e.get("paper_id", e["title"]), e["title"], "", e["quote"], 1.0, 1)
-            for e in row["evidence"]
+            Evidence(e["n"], e.get("paper_id", e["title"]), e["title"], "", e["quote"], 1.0, 1) for e in row["evidence"]
         ]
         checked = check_sentence(row["sentence"], evidence, row.get("question", ""))
         cited = set(parse_markers(row["sentence"]))
@@ -254,9 +253,7 @@ def evaluate(
 
     by_type = {t: summarize([r for r in rows if r["type"] == t]) for t in TYPES if any(r["type"] == t for r in rows)}
     answerable = [r for r in rows if r["type"] != "unanswerable"]
-    generated = {
-        k: sum((r.get("generated") or {}).get(k, 0) for r in rows) for k in ("kept", "dropped", "repeated")
-    }
+    generated = {k: sum((r.get("generated") or {}).get(k, 0) for r in rows) for k in ("kept", "dropped", "repeated")}
     labelled = {}
     folder = Path(file).parent
     for claims in sorted(folder.glob("claims-*.jsonl")):

@@ -47,7 +47,9 @@ QUANTITY_QUESTION = re.compile(
 ANSWER_KINDS = [
     (QUANTITY_QUESTION, NUMBER),
     (
-        re.compile(r"\b(how (well|good)|how much better|does .* (outperform|beat|improve)|what (gain|improvement))\b", re.I),
+        re.compile(
+            r"\b(how (well|good)|how much better|does .* (outperform|beat|improve)|what (gain|improvement))\b", re.I
+        ),
         re.compile(r"\b(outperform\w*|improv\w*|achiev\w*|surpass\w*|state-of-the-art|better|gains?)\b|\d", re.I),
     ),
     (
@@ -64,7 +66,9 @@ ANSWER_KINDS = [
 FACT_KINDS = {
     "authors": (
         # "written by NLP practitioners" is about the data, not the paper's authors
-        re.compile(r"\b(who (wrote|authored|are the authors|is the author)|authors? of|(paper|it) (was )?written by)\b", re.I),
+        re.compile(
+            r"\b(who (wrote|authored|are the authors|is the author)|authors? of|(paper|it) (was )?written by)\b", re.I
+        ),
         re.compile(r"\bauthors?:|\bet al\b", re.I),
     ),
     "year": (
@@ -152,7 +156,8 @@ def paper_sentences(paper: dict) -> list[str]:
 # Where a question asks a second thing: ", and on how many ...", "? What ...", "Flipped Learning: size, tasks, and
 # margin?" (a list after a colon).
 PART_BOUNDARY = re.compile(
-    r",?\s+and\s+(?=(?:on |in |for |with |by |to |at )?(?:how|what|which|who|where|when|why|whether|is|are|does|do|did)\b)"
+    r",?\s+and\s+(?=(?:on |in |for |with |by |to |at )?"
+    r"(?:how|what|which|who|where|when|why|whether|is|are|does|do|did)\b)"
     r"|\?\s+(?=\S)",
     re.I,
 )
@@ -217,9 +222,7 @@ def score_sentences(question: str, hits: list, papers: dict[str, dict], embed) -
     return out
 
 
-def select(
-    scored: list[Evidence], per_paper: int, limit: int, threshold: float, floor: float = 0.0
-) -> list[Evidence]:
+def select(scored: list[Evidence], per_paper: int, limit: int, threshold: float, floor: float = 0.0) -> list[Evidence]:
     """The best sentences above the threshold and above `floor` x the best score, at most per_paper from one
     paper, best first; n numbers papers (1 = the paper of the best sentence), so one paper's sentences share it."""
     chosen, count = [], {}

@@ -60,7 +60,7 @@ class SynthesisLLM(ScriptedLLM):
         from tests import adversarial
 
         quotes = [(int(n), q) for n, q in re.findall(r'^\[(\d+)\] "([^"]+)"', prompt, re.M)]
-        (n1, first), (n2, second) = quotes[0], quotes[min(1, len(quotes) - 1)]
+        (n1, first), second = quotes[0], quotes[min(1, len(quotes) - 1)][1]
         rng = random.Random(0)
         lines = [f"{adversarial.paraphrase(first).rstrip('.')} [{n1}]."]
         for false in (

@@ -6,7 +6,7 @@ import pytest
 
 from rag.citations import StreamVerifier, check_sentence, parse_markers, text_units
 from rag.conversation import resolve
-from rag.evidence import Evidence, asked_kind, refusal_reason, select, topic_words
+from rag.evidence import Evidence, asked_kind, content_words, refusal_reason, select, topic_words
 from rag.sentences import split_sentences
 
 EVIDENCE = [
@@ -153,3 +153,25 @@ def test_followups_are_searched_with_the_previous_question():
     )
     assert resolve("and how does it compare to LoRA?", None) == "and how does it compare to LoRA?"
     assert resolve("what about LoRA?", [("What is proxy-tuning?", "...")]) == "What is proxy-tuning? what about LoRA?"
+
+
+def test_followup_detection_on_labelled_turns_and_standalone_dev_questions():
+    from rag.conversation import is_followup
+    from rag.evaluate import followup_figures, load_questions
+    from tests.conftest import DATA, DEV_SET
+
+    figures = followup_figures(DATA / "followups.jsonl")
+    assert figures["turns"] >= 20 and figures["accuracy"] >= 0.95, figures["wrong"]
+    assert not [q["id"] for q in load_questions(DEV_SET) if is_followup(q["question"])]  # all 60 stand alone
+
+
+def test_unicode_words_sentences_and_topic_words():
+    text = "Schrödinger bridges map images. Ébauche models are new. Модели работают. 数据很好。"
+    assert split_sentences(text) == [
+        "Schrödinger bridges map images.",
+        "Ébauche models are new.",
+        "Модели работают. 数据很好。",
+    ]
+    assert "schrödinger" in content_words("The Schrödinger bridge")
+    words, unknown = topic_words("Schrödinger bridge models", {"schrödinger", "bridg", "model"})
+    assert words == ["schrödinger", "bridge", "models"] and unknown == []
