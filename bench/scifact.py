@@ -64,7 +64,7 @@ def ensure_index(corpus_file: Path, index_dir: Path, rebuild: bool) -> float:
     from rag.index import build_index
     from rag.settings import Settings
 
-    if storage.current_generation(index_dir) and not rebuild:
+    if storage.live_version(index_dir) and not rebuild:
         return 0.0
     t = time.perf_counter()
     build_index(Settings(index_dir=index_dir), [corpus_file], rebuild=True, progress=sys.stderr.isatty())
