@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from rag import conversation
 from rag.citations import Checked, StreamVerifier
-from rag.evidence import Evidence, content_terms, refusal_reason, score_sentences, select
+from rag.evidence import QUANTITY_QUESTION, Evidence, content_terms, refusal_reason, score_sentences, select
 from rag.search import Hit
 from rag.settings import Settings
 
@@ -141,8 +141,6 @@ def references_block(evidence: list[Evidence]) -> str:
 def answering_clause(sentence: str, question: str) -> str:
     """The part of a long sentence that answers: for a quantity question, the clause holding a number that shares
     most words with the question; otherwise the whole sentence."""
-    from rag.evidence import QUANTITY_QUESTION
-
     parts = [p for p in re.split(r"(?<=[,;:])\s+", sentence) if p]
     if len(sentence.split()) <= 35 or len(parts) < 2 or not QUANTITY_QUESTION.search(question):
         return sentence
