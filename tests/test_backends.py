@@ -201,7 +201,7 @@ def test_endpoint_returning_garbage(fixture_index):
     finally:
         server.shutdown()
     assert len(answer.notices) == 1 and "\n" not in answer.notices[0]
-    assert "evidence only" in answer.notices[0].lower()
+    assert "quoted from the evidence" in answer.notices[0].lower()
     assert_valid_answer(answer)
     json.dumps(answer.to_dict())
 
