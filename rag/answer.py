@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from rag import conversation
 from rag.citations import StreamVerifier
 from rag.evidence import Evidence, refusal_reason, score_sentences, select
+from rag.llm import stream_text
 from rag.search import Hit
 from rag.settings import Settings
 
@@ -100,6 +101,8 @@ def run(
     backend: str,
     k: int | None = None,
     mode: str | None = None,
+    slots=None,  # issue 10: local-model contexts (rag.llm.Slots), taken for the generation only
+    deadline=None,  # issue 10: rag.llm.Deadline bounding the wait for and use of the LLM
 ) -> Iterator[str | Answer]:
     """Yield the response text in pieces (joined they are `Answer.text`), then the Answer."""
     started = time.perf_counter()
@@ -138,8 +141,8 @@ def run(
         t = time.perf_counter()
         previous = conversation.user_turns(history)[-1] if query != question else None
         try:
-            for chunk in llm.stream_chat(build_messages(question, evidence, previous)):
-                delta = chunk.delta or ""
+            messages = build_messages(question, evidence, previous)
+            for delta in stream_text(llm, messages, slots=slots, deadline=deadline):  # issue 10: lock + deadline
                 if delta and "first_token" not in timings:
                     timings["first_token"] = time.perf_counter() - started
                 for sentence in verifier.feed(delta):
