@@ -283,13 +283,14 @@ def test_the_ui_asks_for_a_key_and_logs_in_with_it(served):
         assert browser.get("/config").status_code == 200
 
 
-def test_no_key_is_logged(fixture_index, caplog):
+def test_no_key_is_logged(fixture_index, caplog, capfd):
     assistant = Assistant(keyed(fixture_index, llm_backend="none"))
     with caplog.at_level("DEBUG"), running(build_app(assistant, ui=False), log_level="debug") as url:
         for key in (USER_KEY, "a-wrong-key-5e1"):
             httpx.post(f"{url}/v1/search", json={"query": "proxy"}, headers={"Authorization": f"Bearer {key}"})
-    assert '"POST /v1/search HTTP/1.1" 200' in caplog.text and "401" in caplog.text
-    assert USER_KEY not in caplog.text and "a-wrong-key-5e1" not in caplog.text
+    logged = caplog.text + "".join(capfd.readouterr())  # uvicorn's access log goes to the terminal
+    assert '"POST /v1/search HTTP/1.1" 200' in logged and '"POST /v1/search HTTP/1.1" 401' in logged
+    assert USER_KEY not in logged and "a-wrong-key-5e1" not in logged
 
 
 # --- concurrency -----------------------------------------------------------------------------------------------
