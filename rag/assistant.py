@@ -184,20 +184,24 @@ class Assistant:
     def warm(self) -> None:
         """Load every model and open the index now, so the first question is as fast as the next ones."""
         setup = self.loaded_setup()
-        self.search(WARM_QUESTION)
+        hits = self.search(WARM_QUESTION, k=setup.settings.answer_papers)
+        abstracts = [self.searcher.papers[h.paper_id]["abstract"] for h in hits]
         load_embedder(setup.settings.embed_model, setup.settings.embed_batch_size).get_text_embedding_batch(
-            [WARM_QUESTION]
+            [WARM_QUESTION, *abstracts]
         )
         if setup.llm is not None:
             from llama_index.core.llms import ChatMessage
 
-            try:
-                for _ in stream_text(
-                    setup.llm, [ChatMessage(role="user", content="Hi")], slots=setup.slots, deadline=Deadline(30)
-                ):
-                    break  # one token: the model is loaded and has evaluated a prompt
-            except Exception:
-                pass  # a failing endpoint shows in the answers' notices, not at start-up
+            # an answer-sized prompt in each context (the slots rotate), so every buffer is allocated before users come
+            prompt = "Context:\n" + "\n".join(abstracts)[:3000] + f"\n\nQuestion: {WARM_QUESTION}"
+            for _ in range(setup.slots.size if setup.slots else 1):
+                try:
+                    for _delta in stream_text(
+                        setup.llm, [ChatMessage(role="user", content=prompt)], slots=setup.slots, deadline=Deadline(60)
+                    ):
+                        break  # the first token: the prompt is evaluated
+                except Exception:
+                    pass  # a failing endpoint shows in the answers' notices, not at start-up
 
     # --- the API ------------------------------------------------------------------------------------------
 

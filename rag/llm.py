@@ -207,7 +207,7 @@ def stream_text(llm, messages, *, slots: Slots | None = None, deadline: Deadline
     in parallel with others, with its read timeout cut to what is left of the deadline. The generation runs in its
     own thread so that an endpoint that drips one token a second, or hangs, ends here at the deadline with an
     LLMError; the thread stops at its next token (or when its read times out) and frees its slot.
-    Every failure is an LLMError with one line and no credentials.
+    A failure is re-raised as it came, or as a one-line LLMError when its message held URL credentials.
     """
     deadline = deadline or Deadline(float("inf"))
     out: queue.Queue = queue.Queue()
@@ -239,7 +239,8 @@ def stream_text(llm, messages, *, slots: Slots | None = None, deadline: Deadline
     try:
         while True:
             try:
-                item = out.get(timeout=max(0.0, deadline.remaining()))
+                remaining = deadline.remaining()
+                item = out.get(timeout=max(0.0, remaining) if remaining != float("inf") else None)
             except queue.Empty:
                 raise LLMError(
                     f"no complete answer within the deadline of {deadline.seconds:g} s (RAG_LLM_DEADLINE)"
@@ -247,7 +248,9 @@ def stream_text(llm, messages, *, slots: Slots | None = None, deadline: Deadline
             if item is None:
                 return
             if isinstance(item, BaseException):
-                raise LLMError(error_line(item)) from None
+                if mask_url(str(item)) != str(item):
+                    raise LLMError(error_line(item)) from None  # the message named a URL with credentials
+                raise item
             if item:
                 yield item
     finally:
