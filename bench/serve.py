@@ -6,8 +6,8 @@ For each backend a fresh `rag serve` process on a free loopback port (start-up i
 - the first question after start-up against the same question asked again (warm at start);
 - 1, 4 and 16 clients (threads, each its own `openai.OpenAI`) sharing the dev questions: p50/p95 latency, answers per
   second, errors (an exception, or a response without `references`/`refused`);
-- default backend only: evidence-only (`abstract-rag-evidence`) and refusal answers, alone and while 4 clients keep
-  the LLM generating.
+- default backend only: evidence-only (`abstract-rag-evidence`) answers and refusals (the dev set's unanswerable
+  questions that the pipeline refuses), alone and while 4 clients keep the LLM generating.
 Results: bench/results/serve.json (serve-quick.json with --quick) and a Markdown table on stdout.
 """
 
@@ -178,6 +178,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--index", type=Path, help="a built index of the bundled corpus (else one is built)")
     parser.add_argument("--quick", action="store_true", help="fewer questions, for a local check")
+    parser.add_argument("--backends", default="none,llamacpp", help="comma-separated (default none,llamacpp)")
     args = parser.parse_args()
     rows = [json.loads(line) for line in DEV_SET.read_text().splitlines()]
     answerable = [r["question"] for r in rows if r["type"] != "unanswerable"]
@@ -187,14 +188,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         work = Path(tmp)
         index_dir = args.index or build_index(work)
-        for backend in ("none", "llamacpp"):
+        for backend in args.backends.split(","):
             proc, url, startup = start_server(index_dir, backend, work / f"serve-{backend}.log")
             try:
                 result = {"startup_seconds": startup, "first_question": first_vs_later(url, answerable[:4])}
                 questions = (answerable + absent)[: n[backend]]
                 result["clients"] = {c: run_clients(url, questions, c) for c in LEVELS}
                 if backend == "llamacpp":
-                    ev, ab = answerable[-10:], absent[:10]
+                    evidence_model = openai.OpenAI(base_url=f"{url}/v1", api_key="none", timeout=600)
+                    # the unanswerable questions the pipeline refuses (before any LLM): 2 of 10 are not
+                    refused = [q for q in absent if ask(evidence_model, q, "abstract-rag-evidence")[2].get("refused")]
+                    ev, ab = answerable[-10:], refused
                     if args.quick:
                         ev, ab = ev[:4], ab[:4]
                     result["probes_alone"] = probes(url, ev, ab, None)

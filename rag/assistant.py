@@ -184,11 +184,9 @@ class Assistant:
     def warm(self) -> None:
         """Load every model and open the index now, so the first question is as fast as the next ones."""
         setup = self.loaded_setup()
+        self.ask(WARM_QUESTION, generate=False)  # search, evidence scoring, the refusal test: every lazy load
         hits = self.search(WARM_QUESTION, k=setup.settings.answer_papers)
         abstracts = [self.searcher.papers[h.paper_id]["abstract"] for h in hits]
-        load_embedder(setup.settings.embed_model, setup.settings.embed_batch_size).get_text_embedding_batch(
-            [WARM_QUESTION, *abstracts]
-        )
         if setup.llm is not None:
             from llama_index.core.llms import ChatMessage
 
