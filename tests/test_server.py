@@ -1,67 +1,34 @@
 """The HTTP server (rag/server.py) live on 127.0.0.1, driven by the official `openai` client and httpx: answers with
-references, streaming, keys and roles, per-request settings, concurrency, deadlines, masking, index freshness."""
+references, streaming, errors, keys and roles, masking."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import shutil
-import socket
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
 
 import httpx
 import openai
 import pytest
-import uvicorn
-from llama_index.core.llms import ChatMessage as LlamaMessage
-from llama_index.core.llms import ChatResponse, CustomLLM, LLMMetadata
 
 from rag import Assistant
 from rag.access import AccessError, Keys
-from rag.citations import parse_markers
 from rag.server import build_app
 from rag.settings import Settings
-from tests.conftest import DEV_SET, FIXTURE_CORPUS
-from tests.fakes import ScriptedLLM, tokens
-
-QUESTION = "How much of the gap to the truly-tuned chat model does proxy-tuning close for Llama2-70B?"
-ABSENT = "Which papers detect anomalies in multivariate sensor time series?"
-PROXY = "Tuning Language Models by Proxy"
-USER_KEY, ADMIN_KEY = "user-key-3f9a", "admin-key-77c1"
-SCRIPT = tokens("Proxy-tuning closes 88% of the gap to the truly-tuned chat model [1].")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def running(app, log_level: str = "warning"):
-    """The app served by uvicorn in a thread on a free loopback port; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not server.started:
-        assert time.time() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
-def keyed(index_dir: Path, **kw) -> Settings:
-    return Settings(index_dir=index_dir, api_keys=USER_KEY, admin_keys=ADMIN_KEY, **kw)
+from tests.fakes import ScriptedLLM
+from tests.live import (
+    ABSENT,
+    ADMIN_KEY,
+    PROXY,
+    QUESTION,
+    SCRIPT,
+    USER_KEY,
+    assert_cited,
+    client,
+    free_port,
+    keyed,
+    openai_backend,
+    running,
+)
 
 
 @pytest.fixture(scope="module")
@@ -72,18 +39,6 @@ def served(fixture_index):
     assistant.warm()
     with running(build_app(assistant)) as url:
         yield url, assistant, llm
-
-
-def client(url: str, key: str = USER_KEY) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
-
-
-def assert_cited(text: str, extra: dict):
-    refs = extra["references"]
-    assert refs[0]["title"] == PROXY and any("88%" in q for q in refs[0]["quotes"])
-    assert extra["citations"] == [r["url"] for r in refs]
-    assert extra["refused"] is False
-    assert set(parse_markers(text)) <= {r["n"] for r in refs} and "[1]" in text
 
 
 # --- the OpenAI-compatible API ---------------------------------------------------------------------------------
@@ -293,167 +248,6 @@ def test_no_key_is_logged(fixture_index, caplog, capfd):
     assert USER_KEY not in logged and "a-wrong-key-5e1" not in logged
 
 
-# --- concurrency -----------------------------------------------------------------------------------------------
-
-
-def test_16_concurrent_searches_are_all_correct(served):
-    url, _, _ = served
-    questions = [json.loads(line)["question"] for line in DEV_SET.read_text().splitlines()[:16]]
-    headers = {"Authorization": f"Bearer {USER_KEY}"}
-
-    def search(args):
-        query, k = args
-        r = httpx.post(f"{url}/v1/search", json={"query": query, "k": k}, headers=headers, timeout=120)
-        return r.status_code, [h["paper_id"] for h in r.json()["data"]]
-
-    jobs = [(q, 1 + i % 5) for i, q in enumerate(questions)]
-    alone = [search(job) for job in jobs]
-    with ThreadPoolExecutor(16) as pool:
-        together = list(pool.map(search, jobs))
-    assert together == alone and all(status == 200 for status, _ in together)
-    assert [len(ids) for _, ids in together] == [k for _, k in jobs]  # each request's own k
-
-
-class GatedLLM(CustomLLM):
-    """Streams the script only once `gate` is set; counts generations running at once."""
-
-    gate: Any = None
-    running: int = 0
-    most: int = 0
-    started: Any = None
-
-    @property
-    def metadata(self) -> LLMMetadata:
-        return LLMMetadata(model_name="gated")
-
-    def complete(self, prompt, formatted=False, **kw):
-        raise NotImplementedError
-
-    def stream_complete(self, prompt, formatted=False, **kw):
-        raise NotImplementedError
-
-    def stream_chat(self, messages, **kw):
-        self.running += 1
-        self.most = max(self.most, self.running)
-        self.started.set()
-        try:
-            self.gate.wait(60)
-            text = ""
-            for piece in SCRIPT:
-                text += piece
-                yield ChatResponse(message=LlamaMessage(role="assistant", content=text), delta=piece)
-        finally:
-            self.running -= 1
-
-
-def test_a_generation_in_progress_blocks_neither_searches_nor_evidence_answers(fixture_index):
-    llm = GatedLLM(gate=threading.Event(), started=threading.Event())
-    assistant = Assistant(keyed(fixture_index), llm=llm)  # backend llamacpp: local, one context
-    headers = {"Authorization": f"Bearer {USER_KEY}"}
-    body = {"model": "abstract-rag", "messages": [{"role": "user", "content": QUESTION}]}
-    with running(build_app(assistant, ui=False)) as url, ThreadPoolExecutor(4) as pool:
-        generating = [pool.submit(httpx.post, f"{url}/v1/chat/completions", json=body, headers=headers, timeout=120)
-                      for _ in range(2)]  # fmt: skip
-        assert llm.started.wait(60)
-        search = httpx.post(f"{url}/v1/search", json={"query": "proxy-tuning"}, headers=headers, timeout=60)
-        evidence = httpx.post(
-            f"{url}/v1/chat/completions", json={**body, "model": "abstract-rag-evidence"}, headers=headers, timeout=60
-        )
-        refusal = httpx.post(
-            f"{url}/v1/chat/completions",
-            json={**body, "messages": [{"role": "user", "content": ABSENT}]},
-            headers=headers,
-            timeout=60,
-        )
-        assert not llm.gate.is_set() and not any(f.done() for f in generating)  # answered while generation waits
-        assert search.json()["data"][0]["title"] == PROXY
-        assert evidence.json()["references"][0]["title"] == PROXY and refusal.json()["refused"] is True
-        llm.gate.set()
-        answers = [f.result().json() for f in generating]
-    assert llm.most == 1  # the local model's one context: generations took turns
-    assert all(a["choices"][0]["message"]["content"].startswith("Proxy-tuning closes 88%") for a in answers)
-
-
-def drip_server(seconds_per_token: float = 1.0):
-    """A fake OpenAI-compatible endpoint that streams one token per second, forever (until the client leaves)."""
-
-    class Drip(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.end_headers()
-            try:
-                for i in range(1000):
-                    delta = {"role": "assistant", "content": "Proxy " if i == 0 else "tuning "}
-                    chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "drip",
-                             "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}  # fmt: skip
-                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                    self.wfile.flush()
-                    time.sleep(seconds_per_token)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Drip)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
-def openai_backend(index_dir, url, **kw) -> Settings:
-    return Settings(
-        index_dir=index_dir,
-        llm_backend="openai",
-        openai_base_url=url,
-        openai_model="drip",
-        openai_retries=1,
-        **kw,
-    )
-
-
-def test_a_dripping_endpoint_ends_at_the_deadline_with_the_evidence(fixture_index):
-    drip = drip_server()
-    try:
-        url = f"http://127.0.0.1:{drip.server_address[1]}/v1"
-        assistant = Assistant(openai_backend(fixture_index, url, llm_deadline=3, api_keys=USER_KEY))
-        with running(build_app(assistant, ui=False)) as server_url:
-            started = time.perf_counter()
-            response = client(server_url).chat.completions.create(
-                model="abstract-rag", messages=[{"role": "user", "content": QUESTION}], timeout=120
-            )
-            waited = time.perf_counter() - started
-    finally:
-        drip.shutdown()
-    notices = response.model_extra["notices"]
-    assert len(notices) == 1 and "deadline of 3 s (RAG_LLM_DEADLINE)" in notices[0], notices
-    assert waited < 20  # bounded by the deadline; without it the drip goes on for 1000 s
-    text = response.choices[0].message.content
-    assert text.startswith("From the indexed abstracts:") and "88%" in text
-    assert response.model_extra["references"][0]["title"] == PROXY
-
-
-def test_a_hanging_endpoint_ends_at_the_deadline(fixture_index):
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()  # accepts connections, never answers
-    try:
-        url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
-        assistant = Assistant(openai_backend(fixture_index, url, llm_deadline=2, openai_timeout=30))
-        started = time.perf_counter()
-        answer = assistant.ask(QUESTION)
-        waited = time.perf_counter() - started
-    finally:
-        listener.close()
-    assert "deadline of 2 s" in answer.notices[0] and answer.citations
-    assert waited < 20  # 2 tries x 30 s without the deadline
-
-
-# --- secrets, freshness, start-up ------------------------------------------------------------------------------
-
-
 def test_credentials_in_the_endpoint_url_are_masked_everywhere(fixture_index, capsys, monkeypatch):
     from rag.cli import main
 
@@ -470,40 +264,6 @@ def test_credentials_in_the_endpoint_url_are_masked_everywhere(fixture_index, ca
         assert secret not in shown
     assert config["openai_base_url"] == "http://***@127.0.0.1:" + url.split(":")[-1]
     assert answer.backend.startswith("openai: drip at http://***@127.0.0.1:") and "failed" in answer.notices[0]
-
-
-def test_the_server_notices_a_build_published_by_the_cli(fixture_index, tmp_path):
-    from rag.index import build_index
-
-    index_dir = tmp_path / "index"
-    shutil.copytree(fixture_index, index_dir)
-    assistant = Assistant(keyed(index_dir, llm_backend="none"))
-    assistant.warm()
-    headers = {"Authorization": f"Bearer {USER_KEY}"}
-    with running(build_app(assistant, ui=False)) as url:
-        old = assistant.searcher
-        corpus = tmp_path / "new.jsonl"
-        corpus.write_text(json.dumps({"title": "Wombat Burrow Acoustics", "abstract": "We record wombat burrows "
-                          "and measure how their acoustics change with burrow depth."}) + "\n")  # fmt: skip
-        build_index(Settings(index_dir=index_dir), [FIXTURE_CORPUS, corpus], progress=False)  # as `rag index` would
-        build_index(Settings(index_dir=index_dir), [FIXTURE_CORPUS, corpus], rebuild=True, progress=False)
-        found = []
-        for _ in range(100):
-            r = httpx.post(f"{url}/v1/search", json={"query": "wombat burrow acoustics", "k": 1}, headers=headers)
-            assert r.status_code == 200  # the old generation serves until the new one is warm
-            found = [h["title"] for h in r.json()["data"]]
-            if found == ["Wombat Burrow Acoustics"]:
-                break
-            time.sleep(0.2)
-    assert found == ["Wombat Burrow Acoustics"] and assistant.searcher is not old
-
-
-def test_warm_loads_everything_before_the_first_question(fixture_index):
-    assistant = Assistant(Settings(index_dir=fixture_index, llm_backend="llamacpp"))
-    assistant.warm()
-    setup = assistant.loaded_setup()
-    assert setup.loaded and setup.llm is not None and setup.slots.size == 1 and not setup.error
-    assert assistant._searcher is not None
 
 
 @pytest.mark.slow
