@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import httpx
 import openai
@@ -280,3 +281,38 @@ def test_the_bundled_model_through_the_openai_client(fixture_index):
     assert not any("failed" in n for n in extra["notices"]), extra["notices"]
     assert_cited(text, extra)
     assert "88%" in text
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("username, key, admin", [("ann", USER_KEY, False), ("admin", ADMIN_KEY, True)])
+def test_browser_login_with_a_key_and_the_admin_controls(fixture_index, username, key, admin):
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip("needs /usr/bin/chromium (apt-get install chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    assistant = Assistant(keyed(fixture_index, llm_backend="none"))
+    assistant.warm()
+    with running(build_app(assistant)) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=["--headless", "--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.goto(url + "/", wait_until="domcontentloaded")
+        page.get_by_label("username").fill(username)
+        page.get_by_label("password").fill(key)
+        page.get_by_role("button", name="Login").click()
+        page.wait_for_selector("#question textarea", timeout=60_000)
+        page.fill("#question textarea", QUESTION)
+        page.press("#question textarea", "Enter")
+        page.wait_for_selector(".rag-answer", timeout=60_000)
+        assert "88%" in page.locator(".rag-answer").last.inner_text()
+        page.locator("#settings").get_by_text("Settings").click()
+        backend = page.get_by_label("LLM backend")
+        if admin:
+            backend.click()
+            page.get_by_role("option", name="llamacpp").click()
+            page.wait_for_selector("#notice .rag-ok", timeout=120_000)
+            assert assistant.settings.llm_backend == "llamacpp"
+        else:
+            expect(backend).to_be_disabled(timeout=60_000)  # set by the session's load event
+            assert assistant.settings.llm_backend == "none"
+        browser.close()

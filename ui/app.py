@@ -356,6 +356,13 @@ def build_ui(assistant, keys: Keys | None = None) -> gr.Blocks:
             except Exception as e:
                 raise gr.Error(one_line(e)) from None
 
+        def on_load(request: gr.Request):
+            """Admin-only controls are shown read-only to the other sessions (their handlers check again)."""
+            admin = is_admin(request)
+            return gr.update(interactive=admin), gr.update(interactive=admin), gr.update(interactive=admin)
+
+        demo.load(on_load, None, [backend, model, upload], api_visibility="private")
+
         gr.api(api_ask, api_name="ask", concurrency_limit=4)
         gr.api(api_search, api_name="search", concurrency_limit=4)
     return demo
