@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
 
-.PHONY: run ui index search test test-fast lint format eval bench clean
+.PHONY: run ui index search test test-fast lint format eval bench bench-serve clean
 
 # torch first, pinned: 2.13.0 is a CPU build on local disk; an unpinned torch would fetch a multi-GB CUDA build.
 $(BIN)/.installed: pyproject.toml
@@ -25,7 +25,7 @@ index: $(BIN)/.installed
 	$(BIN)/rag index --progress
 
 run: index
-	$(BIN)/rag ui
+	$(BIN)/rag serve
 
 search: index
 	$(BIN)/rag search "parameter-efficient fine-tuning of large language models"
@@ -50,6 +50,9 @@ eval: index
 
 bench: $(BIN)/.installed-dev
 	$(BIN)/python bench/run.py
+
+bench-serve: index $(BIN)/.installed-dev
+	$(BIN)/python bench/serve.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

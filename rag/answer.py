@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from rag import conversation
 from rag.citations import Checked, StreamVerifier
 from rag.evidence import QUANTITY_QUESTION, Evidence, content_terms, refusal_reason, score_sentences, select
+from rag.llm import stream_text
 from rag.search import Hit
 from rag.settings import Settings
 
@@ -228,6 +229,8 @@ def run(
     backend: str,
     k: int | None = None,
     mode: str | None = None,
+    slots=None,  # local-model contexts (rag.llm.Slots), taken for the generation only
+    deadline=None,  # rag.llm.Deadline bounding the wait for and use of the LLM
 ) -> Iterator[str | Answer]:
     """Yield the response text in pieces (joined they are `Answer.text`), then the Answer."""
     started = time.perf_counter()
@@ -276,9 +279,8 @@ def run(
         t = time.perf_counter()
         previous = conversation.user_turns(history)[-1] if query != question else None
         try:
-            stream = llm.stream_chat(build_messages(question, evidence, previous, style))
-            for chunk in stream:
-                delta = chunk.delta or ""
+            messages = build_messages(question, evidence, previous, style)
+            for delta in stream_text(llm, messages, slots=slots, deadline=deadline):
                 if delta and "first_token" not in timings:
                     timings["first_token"] = time.perf_counter() - started
                 for sentence in verifier.feed(delta):

@@ -102,13 +102,37 @@ def cmd_chat(args, settings: Settings) -> int:
             history += [{"role": "user", "content": question}, {"role": "assistant", "content": answer.text}]
 
 
-def cmd_ui(args, settings: Settings) -> int:
+def cmd_serve(args, settings: Settings) -> int:
+    """The UI at / and the OpenAI-compatible API at /v1 in one server; models load before it accepts requests."""
+    import time
+
+    import uvicorn
+
+    from rag.access import Keys
     from rag.assistant import Assistant
-    from ui.app import launch
+    from rag.index import IndexingError
+    from rag.server import build_app
 
     overrides = {k: v for k, v in (("ui_host", args.host), ("ui_port", args.port)) if v is not None}
     settings = Settings.model_validate({**settings.model_dump(), **overrides})
-    launch(Assistant(settings))
+    keys = Keys(settings)
+    keys.check_host(settings.ui_host)
+    assistant = Assistant(settings)
+    started = time.perf_counter()
+    print("loading the models and the index ...", file=sys.stderr, flush=True)
+    try:
+        assistant.warm()
+    except IndexingError as e:
+        print(f"note: {e}; add a corpus file in the UI's Library tab", file=sys.stderr)
+    host = f"[{settings.ui_host}]" if ":" in settings.ui_host else settings.ui_host
+    access = "no keys: this machine only, no login" if keys.open else f"{len(keys.roles)} keys"
+    print(
+        f"ready in {time.perf_counter() - started:.1f} s on http://{host}:{settings.ui_port}/ (UI), /v1 (API), "
+        f"/docs; LLM {assistant.describe_llm()}; {access}",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.run(build_app(assistant, keys), host=settings.ui_host, port=settings.ui_port, log_level="info")
     return 0
 
 
@@ -173,10 +197,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--mode", choices=["hybrid", "dense", "bm25"], default=None)
         p.set_defaults(run=cmd_ask if name == "ask" else cmd_chat)
 
-    p = sub.add_parser("ui", help="start the Gradio chat app (http://127.0.0.1:7860 by default)")
-    p.add_argument("--host", default=None, help="address to bind (default RAG_UI_HOST, 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port (default RAG_UI_PORT, 7860)")
-    p.set_defaults(run=cmd_ui)
+    for name in ("serve", "ui"):
+        p = sub.add_parser(
+            name,
+            help="start the server: chat UI at /, OpenAI-compatible API at /v1 (http://127.0.0.1:7860)"
+            if name == "serve"
+            else "the same as serve",
+        )
+        p.add_argument("--host", default=None, help="address to bind (default RAG_UI_HOST, 127.0.0.1); needs keys")
+        p.add_argument("--port", type=int, default=None, help="port (default RAG_UI_PORT, 7860)")
+        p.set_defaults(run=cmd_serve)
 
     p = sub.add_parser("eval", help="quality and latency on a question set (JSONL)")
     p.add_argument("file", help="questions, e.g. tests/data/dev.jsonl")
@@ -199,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     from rag.models import ModelError
 
     args = build_parser().parse_args(argv)
-    if args.command in ("ask", "chat", "ui", "eval"):
+    if args.command in ("ask", "chat", "ui", "serve", "eval"):
         # torch's OpenMP threads spin after each embedding and starve llama.cpp's threads on 2 cores (first answer
         # after a search 6.6-8.8 s with this, 14.8-92 s without, in the browser test); indexing is 10% faster
         # without it, so only the commands that answer set it (before torch is imported).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -70,10 +71,14 @@ class TransformersEmbedding:
         self.tokenizer = AutoTokenizer.from_pretrained(location)
         self.model = AutoModel.from_pretrained(location).eval()
         self.max_length = min(max_length, self.tokenizer.model_max_length)
+        self._tokenizing = threading.Lock()  # MERGE: a fast tokenizer used from two threads raises "Already borrowed"
 
     def encode(self, texts: list[str]) -> list[list[float]]:
         torch = self.torch
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        with self._tokenizing:  # MERGE: (issue 10 stop-gap; the models.py rewrite owns thread safety)
+            batch = self.tokenizer(
+                texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            )
         with torch.inference_mode():
             out = self.model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(out.dtype)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -64,10 +65,28 @@ class Settings(BaseSettings):
     openai_timeout: float = Field(30.0, description="Seconds before an OpenAI-compatible request is abandoned.")
     openai_retries: int = Field(1, description="Retries of a failed OpenAI-compatible request.")
 
-    ui_host: str = Field("127.0.0.1", description="Address the Gradio app binds to.")
-    ui_port: int = Field(7860, description="Port of the Gradio app.")
-    ui_auth: SecretStr | None = Field(None, description="Optional login for the UI, as user:password.")
-    ui_max_upload_mb: int = Field(20, description="Largest corpus file the UI accepts.")
+    llm_parallel: int = Field(
+        1, ge=1, description="Local generations at once (llamacpp/transformers: one model copy each); remote: no limit."
+    )
+    llm_deadline: float = Field(
+        60.0, gt=0, description="Seconds an answer may wait for and use the LLM; then it ends with the evidence."
+    )
+    model_dir: Path | None = Field(
+        None, description="Folder of models an admin may switch to at run time (besides 'bundled')."
+    )
+
+    ui_host: str = Field(
+        "127.0.0.1", description="Address `rag serve` (UI and API) binds to; another one needs RAG_API_KEYS."
+    )
+    ui_port: int = Field(7860, description="Port of `rag serve` (UI at /, API at /v1, docs at /docs).")
+    ui_max_upload_mb: int = Field(20, description="Largest corpus file the UI and API accept.")
+    api_keys: SecretStr | None = Field(
+        None, description="Comma-separated keys for users (API Bearer token, UI password); none = loopback only."
+    )
+    admin_keys: SecretStr | None = Field(
+        None, description="Comma-separated admin keys: also change the server's LLM and add corpus files."
+    )
+    keys_file: Path | None = Field(None, description="File of more keys, one 'user KEY' or 'admin KEY' per line.")
 
     def masked(self) -> dict:
         """Effective settings as plain values, secrets shown as '***'."""
@@ -77,5 +96,15 @@ class Settings(BaseSettings):
                 value = "***" if value.get_secret_value() else ""
             elif isinstance(value, Path):
                 value = str(value)
+            elif isinstance(value, str):
+                value = mask_url(value)
             out[name] = value
         return out
+
+
+URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def mask_url(text: str) -> str:
+    """Text with the credentials of any URL in it (`scheme://user:pass@host`) replaced by '***@'."""
+    return URL_CREDENTIALS.sub("***@", text)

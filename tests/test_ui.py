@@ -246,13 +246,36 @@ def test_search_results_are_escaped(fake):
     assert html.escape(XSS_TITLE) in out and fake.calls[-1] == ("search", XSS_SCRIPT, 5, "dense")
 
 
-def test_status_and_settings(fake):
+def test_status_and_settings(fake, tmp_path):
     assert "2 papers" in app.status_html(fake) and "fake-embed" in app.status_html(fake)
     status, notice = app.configure_llm(fake, "none", "")
-    assert fake.calls[-1] == ("configure", {"llm_backend": "none", "llm_model": "bundled"})
+    assert fake.calls[-1] == ("configure", {"llm_backend": "none"})
     assert "none: fake" in status and "rag-ok" in notice
     _, notice = app.configure_llm(fake, "bogus", "x")
     assert "Settings not applied: ValueError: unknown backend" in notice
+    app.configure_llm(fake, "llamacpp", "")
+    assert fake.calls[-1] == ("configure", {"llm_backend": "llamacpp", "llm_model": "bundled"})
+
+
+def test_only_an_admin_changes_the_llm(fake):
+    calls = len(fake.calls)
+    _, notice = app.configure_llm(fake, "none", "", admin=False)
+    assert "Only an admin can change the LLM" in notice and len(fake.calls) == calls
+
+
+@pytest.mark.parametrize("model", ["/etc/passwd", "/no/such/model.gguf", "../../etc/passwd"])
+def test_a_model_outside_the_model_dir_is_refused_the_same_way(fake, tmp_path, model):
+    fake.settings = fake.settings.model_copy(update={"model_dir": tmp_path})
+    _, notice = app.configure_llm(fake, "llamacpp", model)
+    assert f"ModelError: {model!r} is not 'bundled' or a model inside RAG_MODEL_DIR" in html.unescape(notice)
+    assert not any(c[0] == "configure" for c in fake.calls)
+
+
+def test_one_sessions_k_and_mode_do_not_reach_another(fake):
+    run_chat(fake, k=3, mode="bm25")
+    run_chat(fake, k=12, mode="dense")
+    assert [c[3:] for c in fake.calls if c[0] == "stream"] == [(3, "bm25"), (12, "dense")]
+    assert fake.settings.search_k == 10 and fake.settings.search_mode == "hybrid"
 
 
 # --- library -------------------------------------------------------------------------------------------------
@@ -310,8 +333,10 @@ def test_upload_size_limit(fake, tmp_path):
     assert not any(c[0] == "add_files" for c in fake.calls)
 
 
-def test_auth_pair():
-    assert app.auth_pair(None) is None
-    assert app.auth_pair(Settings(ui_auth="ann:s3:cret").ui_auth) == ("ann", "s3:cret")
-    with pytest.raises(ValueError):
-        app.auth_pair(Settings(ui_auth="nopassword").ui_auth)
+def test_a_user_cannot_add_files(fake, tmp_path):
+    src = tmp_path / "papers.jsonl"
+    src.write_text('{"title": "T", "abstract": "A"}\n')
+    message, *_ = app.add_corpus(fake, str(src), progress=lambda *a, **k: None, admin=False)
+    assert "Only an admin can add corpus files" in message
+    assert not any(c[0] == "add_files" for c in fake.calls)
+    assert not (Path(fake.settings.index_dir) / "uploads").exists()

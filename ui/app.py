@@ -1,7 +1,9 @@
 """The Gradio app: chat with cited answers and a sources panel, paper search, and a library to add corpus files.
 
-`build_ui(assistant)` only calls the `Assistant`; the handlers are plain functions of it (tested without Gradio
-running). All HTML comes from `ui.render`, which escapes every piece of text.
+`build_ui(assistant, keys)` only calls the `Assistant`; the handlers are plain functions of it (tested without Gradio
+running). All HTML comes from `ui.render`, which escapes every piece of text. k and mode belong to each browser
+session; changing the LLM (for everyone) and adding corpus files need the admin role. `rag serve` mounts this app
+beside the HTTP API (rag/server.py).
 """
 
 import filecmp
@@ -14,8 +16,10 @@ from pathlib import Path
 
 import gradio as gr
 
+from rag.access import ADMIN, Keys
 from rag.answer import Answer, one_line
 from rag.corpus import SUFFIXES, CorpusError
+from rag.llm import LOCAL_BACKENDS, admin_model
 from rag.storage import uploads_dir
 from ui import render
 
@@ -28,6 +32,7 @@ EXAMPLES = [
 BACKENDS = ["llamacpp", "transformers", "openai", "none"]
 MODES = ["hybrid", "dense", "bm25"]
 EXPORT_DIR = Path(tempfile.gettempdir()) / "abstract-rag-exports"
+ADMIN_ONLY = "Only an admin can {}: log in with the user name 'admin' and an admin key."
 
 
 class UploadError(ValueError):
@@ -111,10 +116,16 @@ def status_html(assistant) -> str:
         )
 
 
-def configure_llm(assistant, backend: str, model: str):
-    """Switch the LLM for the next question (all users share the Assistant). Returns (status, notice)."""
+def configure_llm(assistant, backend: str, model: str, admin: bool = True):
+    """Switch the LLM for everyone's next question (admins only; a local model must be 'bundled' or inside
+    RAG_MODEL_DIR). Returns (status, notice)."""
+    if not admin:
+        return status_html(assistant), render.line(ADMIN_ONLY.format("change the LLM"), "error")
     try:
-        assistant.configure(llm_backend=backend, llm_model=(model or "").strip() or "bundled")
+        changes = {"llm_backend": backend}
+        if backend in LOCAL_BACKENDS:
+            changes["llm_model"] = admin_model(model, assistant.settings.model_dir)
+        assistant.configure(**changes)
         return status_html(assistant), render.line(f"LLM for the next question: {assistant.status()['llm']}", "ok")
     except Exception as e:
         return status_html(assistant), render.line(f"Settings not applied: {one_line(e)}", "error")
@@ -175,11 +186,13 @@ def sources_rows(assistant) -> list[list]:
         return []
 
 
-def add_corpus(assistant, file, progress=gr.Progress(track_tqdm=True)):
+def add_corpus(assistant, file, progress=gr.Progress(track_tqdm=True), admin: bool = True):
     """Upload handler: check and copy the file, index it incrementally. Returns (message, sources table, status).
 
-    A rejected file leaves the index as it was and shows one line (the CorpusError text).
+    A rejected file leaves the index as it was and shows one line (the CorpusError text). Admins only.
     """
+    if not admin:
+        return render.line(ADMIN_ONLY.format("add corpus files"), "error"), sources_rows(assistant), gr.skip()
     if not file:
         return render.line("Choose a corpus file first."), sources_rows(assistant), status_html(assistant)
     src = Path(file)
@@ -206,9 +219,20 @@ def add_corpus(assistant, file, progress=gr.Progress(track_tqdm=True)):
 # --- the app -------------------------------------------------------------------------------------------------
 
 
-def build_ui(assistant) -> gr.Blocks:
-    """The app for one Assistant. Events are queued; each browser session has its own conversation."""
+def build_ui(assistant, keys: Keys | None = None) -> gr.Blocks:
+    """The app for one Assistant. Events are queued; each browser session has its own conversation, k and mode.
+    With `keys` that are not open, only a session logged in as 'admin' may change the LLM or add files."""
     s = assistant.settings
+
+    def is_admin(request: gr.Request | None) -> bool:
+        return keys is None or keys.open or getattr(request, "username", None) == ADMIN
+
+    def on_configure(backend_value: str, model_value: str, request: gr.Request):
+        return configure_llm(assistant, backend_value, model_value, admin=is_admin(request))
+
+    def on_upload(file, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
+        return add_corpus(assistant, file, progress, admin=is_admin(request))
+
     # Gradio's cache (uploads, exports): every hour, files older than a day go
     with gr.Blocks(title="abstract-rag", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         gr.HTML(
@@ -297,7 +321,7 @@ def build_ui(assistant) -> gr.Blocks:
         for event in (clear_btn.click, chatbot.clear):  # the chatbot's own trash icon clears the conversation too
             event(clear, None, [chatbot, sources, turns, notice, question, export], api_visibility="private")
         for event in (backend.input, model.submit, model.blur):
-            event(partial(configure_llm, assistant), [backend, model], [status, notice], api_visibility="private")
+            event(on_configure, [backend, model], [status, notice], api_visibility="private")
 
         search_io = dict(
             fn=partial(search, assistant),
@@ -310,7 +334,7 @@ def build_ui(assistant) -> gr.Blocks:
         search_btn.click(**search_io, api_name="search_click")
 
         upload.upload(
-            partial(add_corpus, assistant),
+            on_upload,
             upload,
             [upload_msg, table, status],
             concurrency_limit=1,
@@ -332,30 +356,13 @@ def build_ui(assistant) -> gr.Blocks:
             except Exception as e:
                 raise gr.Error(one_line(e)) from None
 
+        def on_load(request: gr.Request):
+            """Admin-only controls are shown read-only to the other sessions (their handlers check again)."""
+            admin = is_admin(request)
+            return gr.update(interactive=admin), gr.update(interactive=admin), gr.update(interactive=admin)
+
+        demo.load(on_load, None, [backend, model, upload], api_visibility="private")
+
         gr.api(api_ask, api_name="ask", concurrency_limit=4)
         gr.api(api_search, api_name="search", concurrency_limit=4)
-    return demo
-
-
-def auth_pair(value) -> tuple[str, str] | None:
-    """('user', 'password') from the RAG_UI_AUTH SecretStr 'user:password', or None."""
-    if value is None or not value.get_secret_value():
-        return None
-    user, sep, password = value.get_secret_value().partition(":")
-    if not sep or not user or not password:
-        raise ValueError("RAG_UI_AUTH must be user:password")
-    return user, password
-
-
-def launch(assistant, **options):
-    """Serve the app on settings.ui_host:ui_port (127.0.0.1 by default), with the optional login."""
-    s = assistant.settings
-    demo = build_ui(assistant)
-    demo.launch(
-        server_name=s.ui_host,
-        server_port=s.ui_port,
-        auth=auth_pair(s.ui_auth),
-        max_file_size=f"{s.ui_max_upload_mb}mb",
-        **options,
-    )
     return demo
