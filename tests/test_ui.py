@@ -199,7 +199,9 @@ def test_a_failing_answer_is_one_line(tmp_path):
 
 def test_answer_notices_show_as_one_line(tmp_path):
     answer = cited_answer()
-    answer.notices = ["The LLM (llamacpp) failed: ModelError: cannot load x.gguf. The answer is quoted from the evidence."]
+    answer.notices = [
+        "The LLM (llamacpp) failed: ModelError: cannot load x.gguf. The answer is quoted from the evidence."
+    ]
     final_chat, _, _, notice, _, _ = run_chat(FakeAssistant(tmp_path, answer=answer))[-1]
     assert "rag-warn" in notice and "cannot load x.gguf" in notice and notice.count("<div") == 1
     assert "cannot load x.gguf" in final_chat[-1]["content"]
