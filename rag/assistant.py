@@ -17,7 +17,15 @@ from rag.settings import Settings
 LLM_FIELDS = {"llm_backend", "llm_model", "llm_max_tokens", "llm_temperature", "llm_threads", "llm_context"} | {
     f for f in Settings.model_fields if f.startswith("openai_")
 }
-INDEX_FIELDS = {"index_dir", "embed_model", "candidates"}
+INDEX_FIELDS = {
+    "index_dir",
+    "embed_model",
+    "embed_runtime",
+    "candidates",
+    "chroma_url",
+    "chroma_token",
+    "chroma_headers",
+}
 
 
 class Assistant:
@@ -76,7 +84,8 @@ class Assistant:
         self, question: str, history: list | None = None, k: int | None = None, mode: str | None = None
     ) -> Iterator[str | Answer]:
         """Yield the answer text in pieces as it is verified, then the final `Answer`."""
-        embedder = load_embedder(self.settings.embed_model, self.settings.embed_batch_size)
+        s = self.settings
+        embedder = load_embedder(s.embed_model, s.embed_batch_size, s.embed_runtime)
         with self._llm_lock:
             llm = self.llm
             yield from answering.run(
