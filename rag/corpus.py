@@ -239,59 +239,95 @@ def parse_csv(path: Path) -> list[Paper]:
 
 # --- BibTeX ----------------------------------------------------------------------------------------------------
 
-BIB_ENTRY = re.compile(r"@(\w+)\s*\{", re.M)
-BIB_FIELD = re.compile(r"\s*([\w\-]+)\s*=\s*", re.M)
+
+def _bib_concatenate(value: str, strings: dict[str, str]) -> str:
+    """A raw (unenclosed) BibTeX value: `macro # "text" # {text} # 2021` -> the joined text."""
+    parts, depth, quoted, current = [], 0, False, ""
+    for ch in value:
+        if ch == "#" and depth == 0 and not quoted:
+            parts.append(current)
+            current = ""
+            continue
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        if ch == '"' and depth == 0:
+            quoted = not quoted
+        current += ch
+    parts.append(current)
+    out = []
+    for part in (p.strip() for p in parts):
+        if len(part) >= 2 and part[0] + part[-1] in ('""', "{}"):
+            out.append(part[1:-1])
+        else:
+            out.append(strings.get(part.lower(), part))
+    return "".join(out)
 
 
-def _bib_value(body: str, pos: int) -> tuple[str, int]:
-    """Read one field value ({...}, "..." or a bare word) starting at pos; returns (value, end)."""
-    if body[pos] == "{":
-        depth, i = 0, pos
-        while i < len(body):
-            depth += {"{": 1, "}": -1}.get(body[i], 0)
-            if depth == 0:
-                return body[pos + 1 : i], i + 1
-            i += 1
-        raise ValueError("unbalanced braces")
-    if body[pos] == '"':
-        end = body.find('"', pos + 1)
-        if end < 0:
-            raise ValueError("unterminated quote")
-        return body[pos + 1 : end], end + 1
-    m = re.match(r"[^,\s}]+", body[pos:])
-    return (m.group(0) if m else ""), pos + (m.end() if m else 0)
+def _bib_middlewares():
+    """bibtexparser v2 parse stack: @string macros and `#` concatenation resolved, enclosing removed, LaTeX decoded
+    to Unicode (a bare % is text in an abstract, not a LaTeX comment)."""
+    from bibtexparser import middlewares as mw
+    from bibtexparser.library import Library
+
+    class ResolveStrings(mw.LibraryMiddleware):
+        """bibtexparser's ResolveStringReferencesMiddleware resolves a lone macro only, not `a # b`."""
+
+        def transform(self, library: Library) -> Library:
+            strings = {}
+            for key, s in library.strings_dict.items():  # a macro may use earlier ones
+                strings[key.lower()] = _bib_concatenate(s.value, strings) if "#" in s.value else s.value.strip('{}"')
+            for entry in library.entries:
+                for f in entry.fields:
+                    if isinstance(f.value, str):
+                        f.value = _bib_concatenate(f.value, strings)  # also removes the enclosing {} or ""
+            return library
+
+    class KeepPercent(mw.BlockMiddleware):
+        def transform_entry(self, entry, library):
+            for f in entry.fields:
+                if isinstance(f.value, str):
+                    f.value = re.sub(r"(?<!\\)%", r"\\%", f.value)
+            return entry
+
+    return [
+        ResolveStrings(),
+        KeepPercent(),
+        mw.LatexDecodingMiddleware(),
+    ]
+
+
+def bib_name(name: str) -> str:
+    """ "Last, First" -> "First Last" (BibTeX's two name forms, one way of showing them)."""
+    last, _, first = name.partition(",")
+    return f"{first.strip()} {last.strip()}" if first.strip() else name.strip()
 
 
 def parse_bibtex(path: Path) -> list[Paper]:
+    """BibTeX through bibtexparser v2; entries without an abstract are skipped and counted."""
+    import logging
+
+    import bibtexparser
+
     text = read_text(path)
+    logger = logging.getLogger("bibtexparser")
+    level, logger.level = logger.level, logging.CRITICAL  # a broken entry becomes our one-line error instead
+    try:
+        library = bibtexparser.parse_string(text, parse_stack=_bib_middlewares())
+    finally:
+        logger.setLevel(level)
+    if library.failed_blocks:
+        block = library.failed_blocks[0]
+        why = getattr(getattr(block, "error", None), "abort_reason", "") or "syntax error"
+        raise CorpusError(path, block.start_line + 1, f"malformed entry: {why}")
     papers, skipped = [], 0
-    for m in BIB_ENTRY.finditer(text):
-        if m.group(1).lower() in ("comment", "string", "preamble"):
-            continue
-        line = text.count("\n", 0, m.start()) + 1
-        pos = text.find(",", m.end())
-        if pos < 0:
-            raise CorpusError(path, line, "entry has no key")
-        fields: dict[str, str] = {}
-        try:
-            while True:
-                f = BIB_FIELD.match(text, pos + 1)
-                if not f:
-                    break
-                value, pos = _bib_value(text, f.end())
-                fields[f.group(1).lower()] = re.sub(r"[{}]", "", value)
-                while pos < len(text) and text[pos] in " \t\r\n":
-                    pos += 1
-                if pos >= len(text) or text[pos] != ",":
-                    break
-        except (ValueError, IndexError) as e:
-            raise CorpusError(path, line, f"malformed entry: {e}") from None
-        if "abstract" not in fields:
+    for entry in library.entries:
+        fields = {f.key.lower(): normalize(str(f.value)) for f in entry.fields}
+        if not fields.get("abstract"):
             skipped += 1
             continue
+        fields["authors"] = ", ".join(bib_name(a) for a in fields.pop("author", "").split(" and ") if a.strip())
         arxiv = fields.get("eprint", "") if fields.get("archiveprefix", "").lower() == "arxiv" else ""
         rec = {**fields, "id": arxiv, "url": fields.get("url", "")}
-        papers.append(make_paper(path, line, rec))
+        papers.append(make_paper(path, entry.start_line + 1, rec))
     if not papers:
         why = f" ({skipped} entries without an abstract field)" if skipped else ""
         raise CorpusError(path, None, f"no BibTeX entries with an abstract{why}")

@@ -1,7 +1,7 @@
 """`rag index`: corpus files -> chunks -> embeddings in Chroma, BM25 in the catalog; incremental and crash-safe.
 
 An update writes in place, batch by batch: new and changed papers are chunked, embedded and written (paper vectors
-to Chroma, papers and chunk texts to the catalog) in batches of EMBED_PAPERS papers, each committed; removed papers
+to Chroma, papers and chunk texts to the catalog) in batches of RAG_INDEX_BATCH_PAPERS papers, each committed; removed papers
 are marked; then the manifest naming the new generation is published, last. Until then search shows the previous
 generation. A killed build leaves its finished batches behind, invisible; the next build keeps them (no
 re-embedding) and finishes the job, or deletes them when they are no longer wanted.
@@ -24,7 +24,6 @@ from rag.vectors import PaperVectors, drop_collection
 
 BUNDLED_SOURCE = "bundled:hf-papers"
 BUNDLED_DIR = Path(__file__).parent / "data" / "hf-papers"
-EMBED_PAPERS = 256  # papers chunked, embedded and committed together: a killed build loses at most one batch
 FORMAT = 2  # manifest format: 2 = stores written in place (1 was the generation-copy layout)
 CHUNK_OVERLAP = 0  # chunks end on sentence boundaries; an overlap added 15% more tokens to embed for no recall
 META_KEYS = ("paper_id", "title", "url", "source")
@@ -97,9 +96,13 @@ def load_papers(
     """Parse every file of the sources; returns (merged papers, bad-file lines, notes). Raises CorpusError."""
     papers, bad = [], []
     for source in sources:
-        for path in corpus_files([resolve_source(source, index_dir)]):
+        root = resolve_source(source, index_dir)
+        for path in corpus_files([root]):
             try:
-                papers += parse_file(path)
+                shown = source if path == root else f"{source}/{path.relative_to(root).as_posix()}"
+                for paper in parse_file(path):
+                    paper.source = shown  # distinct for same-named files in different folders
+                    papers.append(paper)
             except CorpusError as e:
                 if not skip_bad:
                     raise
@@ -283,8 +286,9 @@ def write_batches(settings, papers, catalog, vectors, generation, report, progre
         return
     embedder = load_embedder(settings.embed_model, settings.embed_batch_size, settings.embed_runtime)
     with tqdm(total=len(papers), desc="Indexing", unit="paper", disable=not progress, file=sys.stderr) as bar:
-        for start in range(0, len(papers), EMBED_PAPERS):
-            batch = papers[start : start + EMBED_PAPERS]
+        step = settings.index_batch_papers
+        for start in range(0, len(papers), step):
+            batch = papers[start : start + step]
             nodes = chunk_papers(batch, embedder, settings.chunk_tokens)
             t = time.perf_counter()
             embed_nodes(nodes, embedder, settings.embed_batch_size)

@@ -251,6 +251,7 @@ class TransformersEmbedding:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()  # the splitter tokenizes whole abstracts, longer than the window
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar in command output
         self.torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(location)
         self.model = AutoModel.from_pretrained(location).eval()

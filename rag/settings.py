@@ -26,6 +26,9 @@ class Settings(BaseSettings):
         description="Embedding runtime: onnx-int8 (ONNX Runtime, int8 weights, exported on first use), onnx or torch.",
     )
     embed_batch_size: int = Field(32, description="Chunks embedded per batch while indexing.")
+    index_batch_papers: int = Field(
+        256, description="Papers chunked, embedded and committed together; a killed build redoes at most one batch."
+    )
     chunk_tokens: int = Field(256, description="Largest chunk, in embedding-model tokens (the model's window is 256).")
 
     chroma_url: str = Field(

@@ -157,3 +157,19 @@ def test_env_example_documents_every_setting():
     for name, field in Settings.model_fields.items():
         assert f"RAG_{name.upper()}=" in text, name
         assert field.description and field.description in text, name
+
+
+def test_bibtex_macros_concatenation_latex_and_authors(tmp_path):
+    bib = (
+        '@string{intro = "We study how small language models can be tuned"}\n'
+        "@article{key1,\n  title = {Sch{\\\"o}dinger Bridges for {LoRA} {\\'E}t{\\'e}},\n"
+        '  author = {M{\\"u}ller, Anna and Bo Li},\n'
+        '  abstract = intro # " with very little data; a simple recipe reaches 88% of full fine-tuning" # {.}\n}\n'
+    )
+    p = parse_file(write(tmp_path, "refs.bib", bib))[0]
+    assert p.title == "Schödinger Bridges for LoRA Été"
+    assert p.abstract == (
+        "We study how small language models can be tuned with very little data; "
+        "a simple recipe reaches 88% of full fine-tuning."
+    )
+    assert p.authors == "Anna Müller, Bo Li"
