@@ -1,9 +1,9 @@
 """`rag index`: corpus files -> chunks -> embeddings in Chroma, BM25 in the catalog; incremental and crash-safe.
 
 An update writes in place, batch by batch: new and changed papers are chunked, embedded and written (paper vectors
-to Chroma, papers and chunk texts to the catalog) in batches of RAG_INDEX_BATCH_PAPERS papers, each committed; removed papers
-are marked; then the manifest naming the new generation is published, last. Until then search shows the previous
-generation. A killed build leaves its finished batches behind, invisible; the next build keeps them (no
+to Chroma, papers and chunk texts to the catalog) in batches of RAG_INDEX_BATCH_PAPERS papers, each committed;
+removed papers are marked; then the manifest naming the new generation is published, last. Until then search shows
+the previous generation. A killed build leaves its finished batches behind, invisible; the next build keeps them (no
 re-embedding) and finishes the job, or deletes them when they are no longer wanted.
 """
 

@@ -76,7 +76,7 @@ def test_incremental_reindex(corpus, isolated_index, monkeypatch, chroma_mode):
 
     rows = records(corpus)
     rows[1]["abstract"] += " We also release code."
-    del rows[2]
+    removed_title = rows.pop(2)["title"]
     rows.append(
         {
             "title": "A Brand New Paper",
@@ -92,9 +92,7 @@ def test_incremental_reindex(corpus, isolated_index, monkeypatch, chroma_mode):
     searcher = Assistant(settings).searcher
     hits = searcher.search("brand new benchmark retrieval augmented generation", k=1)
     assert hits[0].title == "A Brand New Paper"
-    assert len(searcher.papers) == 10 and records(corpus)[2]["title"] not in {
-        p["title"] for p in searcher.papers.values()
-    }
+    assert len(searcher.papers) == 10 and removed_title not in {p["title"] for p in searcher.papers.values()}
     assert len(list(isolated_index.glob("store-*"))) == 1  # updated in place, no copy
     assert searcher.vectors.count() == 10  # the replaced and removed papers' vectors are deleted
 
