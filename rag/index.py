@@ -181,11 +181,13 @@ def build_index(
         live = storage.read_manifest(index_dir)
         if live and not rebuild:
             check_model(live, settings)
-        clean_unfinished(settings, live)
         sources = list(live.get("sources", []))
         if not live and storage.legacy_layout(index_dir):
             sources = storage.legacy_sources(index_dir)
             report.notes.append("the index was in the old layout: rebuilt in the new one")
+        for recorded in clean_unfinished(settings, live):  # what a killed build was asked to add: finish it
+            if recorded not in sources and resolve_source(recorded, index_dir).exists():
+                sources.append(recorded)
         for p in paths or []:
             if not Path(p).exists():
                 raise CorpusError(p, None, "no such file or folder")
@@ -204,8 +206,7 @@ def build_index(
         store = storage.new_store_id() if fresh else live["store"]
         live_gen = 0 if fresh else live["generation"]
         generation = live_gen + 1
-        if fresh:
-            storage.mark_building(index_dir, store)
+        storage.mark_building(index_dir, store if fresh else None, sources)
         catalog = Catalog(storage.catalog_path(index_dir, store))
         try:
             catalog.undo_unpublished_removals(live_gen)
@@ -218,6 +219,7 @@ def build_index(
             wanted = {p.id for p in papers}
             staged = [pid for pid, row in current.items() if row["added"] > live_gen]
             if not fresh and not (added or changed or removed or relabelled or staged) and sources == live["sources"]:
+                storage.mark_building(index_dir, None)
                 report.chunks = live["chunks"]
                 report.seconds = time.perf_counter() - started
                 return report
@@ -262,13 +264,15 @@ def build_index(
     return report
 
 
-def clean_unfinished(settings: Settings, live: dict) -> None:
-    """Delete the store a killed `--rebuild` or first build was writing (never the live one)."""
+def clean_unfinished(settings: Settings, live: dict) -> list[str]:
+    """After a killed build: delete the new store it was writing (a killed `--rebuild` or first build; never the
+    live store) and return the sources it was asked to index."""
     index_dir = Path(settings.index_dir)
-    store = storage.unfinished_store(index_dir)
+    unfinished = storage.unfinished_build(index_dir)
+    store = unfinished.get("store")
     if store and store != live.get("store"):
         drop_store(settings, store)
-    storage.mark_building(index_dir, None)
+    return list(unfinished.get("sources") or [])
 
 
 def drop_store(settings: Settings, store: str) -> None:

@@ -5,8 +5,9 @@
     index/store-<id>/catalog.sqlite   papers and chunk texts with BM25 (rag/catalog.py), rows tagged by generation
     index/store-<id>/chroma/     embedded Chroma holding collection papers-<id> (absent with RAG_CHROMA_URL: then
                                  the collection lives on the Chroma server)
-    index/building.json          the store a build that starts a new one is writing (a killed build's store is
-                                 deleted by the next build)
+    index/building.json          what a running build does: the sources it was asked for (a killed build's are
+                                 indexed by the next build) and the new store it writes, if any (deleted by the next
+                                 build when it was not published)
     index/uploads/               corpus files added through the UI
     index/.lock                  held while a build runs
 
@@ -84,20 +85,23 @@ def publish(index_dir: Path, manifest: dict) -> None:
     write_json(Path(index_dir) / MANIFEST, manifest)
 
 
-def mark_building(index_dir: Path, store: str | None) -> None:
+def mark_building(index_dir: Path, store: str | None, sources: list[str] | None = None) -> None:
+    """Record what a build is doing (the new store it writes, if any, and the sources it was asked to index), so the
+    next build can finish or clean up after a killed one; None clears it."""
     path = Path(index_dir) / BUILDING
-    if store is None:
+    if sources is None:
         path.unlink(missing_ok=True)
     else:
-        write_json(path, {"store": store})
+        write_json(path, {"store": store, "sources": sources})
 
 
-def unfinished_store(index_dir: Path) -> str | None:
-    """The new store a killed build was writing, if any."""
+def unfinished_build(index_dir: Path) -> dict:
+    """{"store": new store or None, "sources": [...]} of a build that did not finish, or {}."""
     try:
-        return json.loads((Path(index_dir) / BUILDING).read_text())["store"]
-    except (FileNotFoundError, KeyError, ValueError):
-        return None
+        data = json.loads((Path(index_dir) / BUILDING).read_text())
+        return data if isinstance(data, dict) else {}
+    except (FileNotFoundError, ValueError):
+        return {}
 
 
 def stale_stores(index_dir: Path, live: str | None) -> list[str]:
