@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import re
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -113,30 +113,48 @@ def make_paper(path: Path, line: int, rec: dict) -> Paper:
     )
 
 
-def read_text(path: Path) -> str:
-    """File text, refusing what is not a UTF-8 text file with one clear line."""
+def check_file(path: Path) -> int:
+    """The file's size, refusing what cannot be read or is empty with one clear line."""
     try:
         size = path.stat().st_size
     except OSError as e:
         raise CorpusError(path, None, f"cannot read: {e.strerror or e}") from None
     if size == 0:
         raise CorpusError(path, None, "file is empty")
-    if size > MAX_FILE_BYTES:
-        raise CorpusError(path, None, f"file is {size / 2**20:.0f} MB (at most {MAX_FILE_BYTES // 2**20} MB)")
-    data = path.read_bytes()
-    if b"\x00" in data[:8192]:
-        raise CorpusError(path, None, "binary file (NUL bytes), not a text corpus")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise CorpusError(path, line, f"not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
-    for number, line_text in enumerate(text.splitlines(), 1):
-        if len(line_text) > MAX_LINE_CHARS:
-            raise CorpusError(path, number, f"line is {len(line_text):,} characters (at most {MAX_LINE_CHARS:,})")
-    if not text.strip():
+    return size
+
+
+def read_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text with its newline) of a UTF-8 text file, read as a stream: any size, constant memory."""
+    check_file(path)
+    blank = True
+    with path.open("rb") as f:
+        if b"\x00" in f.read(8192):
+            raise CorpusError(path, None, "binary file (NUL bytes), not a text corpus")
+        f.seek(0)
+        for number, raw in enumerate(f, 1):
+            try:
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise CorpusError(path, number, f"not UTF-8 text (byte 0x{raw[e.start]:02x} in this line)") from None
+            if len(text) > MAX_LINE_CHARS:
+                raise CorpusError(
+                    path, number, f"line is {len(text.rstrip()):,} characters (at most {MAX_LINE_CHARS:,})"
+                )
+            blank = blank and not text.strip()
+            yield number, text
+    if blank:
         raise CorpusError(path, None, "file is empty")
-    return text
+
+
+def read_text(path: Path) -> str:
+    """Whole-file text for the formats that need it (a JSON array, BibTeX), at most MAX_FILE_BYTES."""
+    size = check_file(path)
+    if size > MAX_FILE_BYTES:
+        raise CorpusError(
+            path, None, f"file is {size / 2**20:.0f} MB (at most {MAX_FILE_BYTES // 2**20} MB; use JSON lines or CSV)"
+        )
+    return "".join(text for _, text in read_lines(path))
 
 
 # --- page scrape -----------------------------------------------------------------------------------------------
@@ -153,7 +171,7 @@ DATE_LINE = re.compile(r"^(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]
 
 def parse_scrape(path: Path) -> list[Paper]:
     lines = []
-    for number, raw in enumerate(read_text(path).splitlines(), 1):
+    for number, raw in read_lines(path):
         text = raw.strip()
         if not text or text.lower() in CHROME_LINES or DATE_LINE.match(text):
             continue
@@ -182,46 +200,55 @@ def parse_scrape(path: Path) -> list[Paper]:
 
 
 def parse_json(path: Path) -> list[Paper]:
-    text = read_text(path)
-    stripped = text.lstrip()
-    records: list[tuple[int, object]] = []
-    if stripped.startswith("["):
+    """A JSON array (read whole, at most MAX_FILE_BYTES) or JSON lines (streamed: any size, e.g. the arXiv
+    metadata snapshot)."""
+    head = ""
+    for _, text in read_lines(path):
+        head = text.strip()
+        if head:
+            break
+    papers = []
+    if head.startswith("["):
+        text = read_text(path)
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise CorpusError(path, e.lineno, f"invalid JSON: {e.msg}") from None
         # line numbers of array items are not kept by json; report the item's position instead
-        records = [(n, rec) for n, rec in enumerate(data, 1)]
-        where = "item"
+        papers = [json_paper(path, number, rec, "item") for number, rec in enumerate(data, 1)]
     else:
-        for number, line in enumerate(text.splitlines(), 1):
+        for number, line in read_lines(path):
             if not line.strip():
                 continue
             try:
-                records.append((number, json.loads(line)))
+                rec = json.loads(line)
             except json.JSONDecodeError as e:
                 raise CorpusError(path, number, f"invalid JSON line: {e.msg}") from None
-        where = "line"
-    papers = []
-    for number, rec in records:
-        if not isinstance(rec, dict):
-            raise CorpusError(path, number, f"{where} {number} is not a JSON object")
-        for key in ("title", "abstract"):
-            if key not in rec:
-                raise CorpusError(path, number, f"{where} {number} has no {key!r} field")
-        papers.append(make_paper(path, number, rec))
+            papers.append(json_paper(path, number, rec, "line"))
     if not papers:
         raise CorpusError(path, None, "no records found")
     return papers
+
+
+def json_paper(path: Path, number: int, rec, where: str) -> Paper:
+    if not isinstance(rec, dict):
+        raise CorpusError(path, number, f"{where} {number} is not a JSON object")
+    for key in ("title", "abstract"):
+        if key not in rec:
+            raise CorpusError(path, number, f"{where} {number} has no {key!r} field")
+    return make_paper(path, number, rec)
 
 
 # --- CSV -------------------------------------------------------------------------------------------------------
 
 
 def parse_csv(path: Path) -> list[Paper]:
-    text = read_text(path)
-    reader = csv.DictReader(io.StringIO(text))
-    columns = {c.strip().lower() for c in reader.fieldnames or []}
+    """CSV with a header, streamed (any size)."""
+    reader = csv.DictReader(text for _, text in read_lines(path))
+    try:
+        columns = {c.strip().lower() for c in reader.fieldnames or []}
+    except csv.Error as e:
+        raise CorpusError(path, reader.line_num, f"invalid CSV: {e}") from None
     missing = {"title", "abstract"} - columns
     if missing:
         raise CorpusError(path, 1, f"header has no {' or '.join(sorted(missing))} column")
