@@ -17,9 +17,11 @@ So the vocabulary holds PyStemmer stems, as `rag.evidence.topic_words` expects. 
 from __future__ import annotations
 
 import json
+import math
 import re
 import sqlite3
 import threading
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -42,6 +44,8 @@ CREATE VIRTUAL TABLE IF NOT EXISTS chunk_vocab USING fts5vocab(chunk_terms, 'row
 VISIBLE = "added <= :gen AND (removed IS NULL OR removed > :gen)"
 PAPER_KEYS = ("id", "title", "abstract", "url", "source", "authors", "year")
 WORD = re.compile(r"(?u)\b\w\w+\b")  # bm25s's default token pattern
+BM25_K1, BM25_B = 1.5, 0.75  # bm25s's defaults (Lucene's BM25)
+RERANK_POOL = 200  # chunks FTS5 finds before they are rescored
 
 
 @lru_cache(maxsize=1)
@@ -163,6 +167,7 @@ class CatalogReader:
     def __init__(self, path: Path, generation: int):
         self.path, self.generation = path, generation
         self._local = threading.local()
+        self._stats: tuple[int, float] | None = None
         self.papers = PaperTable(self)
         self.vocabulary = Vocabulary(self)
 
@@ -184,19 +189,51 @@ class CatalogReader:
         return {r[0] for r in rows}
 
     def bm25(self, query: str, limit: int) -> list[tuple[str, float, str]]:
-        """(paper_id, score, chunk text) for the best chunks, best first, visible papers only; higher is better."""
-        terms = list(dict.fromkeys(bm25_terms(query)))
+        """(paper_id, score, chunk text) for the best chunks, best first, visible papers only; higher is better.
+
+        FTS5 finds the RERANK_POOL best chunks by its built-in bm25() (k1 1.2, and an idf clamped to ~0 for terms in
+        over half the chunks); those are rescored with Lucene's BM25 (k1 1.5, b 0.75, idf log(1 + ...)), the
+        variant bm25s computes. Dev Recall@5, BM25 alone: 0.921 with FTS5's ranking, see README for the rescored.
+        """
+        query_terms = bm25_terms(query)  # a repeated word counts once per occurrence, as in bm25s
+        terms = list(dict.fromkeys(query_terms))
         if not terms:
             return []
         match = " OR ".join(f'"{t}"' for t in terms)
         rows = self.conn.execute(
-            "SELECT c.paper_id, -t.rank AS score, c.text FROM "
-            "(SELECT rowid, rank FROM chunk_terms WHERE chunk_terms MATCH ? ORDER BY rank LIMIT ?) AS t "
+            "SELECT c.paper_id, t.terms, c.text FROM "
+            "(SELECT rowid, terms, rank FROM chunk_terms WHERE chunk_terms MATCH ? ORDER BY rank LIMIT ?) AS t "
             "JOIN chunks c ON c.rowid = t.rowid JOIN papers p ON p.id = c.paper_id "
-            "WHERE p.added <= ? AND (p.removed IS NULL OR p.removed > ?) ORDER BY t.rank",
-            (match, limit, self.generation, self.generation),
-        )
-        return [(r[0], float(r[1]), r[2]) for r in rows]
+            "WHERE p.added <= ? AND (p.removed IS NULL OR p.removed > ?)",
+            (match, max(RERANK_POOL, limit), self.generation, self.generation),
+        ).fetchall()
+        if not rows:
+            return []
+        chunks, avg_len = self.stats()
+        df = {
+            r[0]: r[1]
+            for r in self.conn.execute(
+                f"SELECT term, doc FROM chunk_vocab WHERE term IN ({','.join('?' * len(terms))})", terms
+            )
+        }
+        idf = {t: math.log(1 + (chunks - df.get(t, 0) + 0.5) / (df.get(t, 0) + 0.5)) for t in terms}
+        scored = []
+        for pid, indexed, text in rows:
+            words = indexed.split()
+            counts = Counter(words)
+            norm = BM25_K1 * (1 - BM25_B + BM25_B * len(words) / avg_len)
+            score = sum(idf[t] * counts[t] * (BM25_K1 + 1) / (counts[t] + norm) for t in query_terms if counts[t])
+            scored.append((pid, score, text))
+        scored.sort(key=lambda r: -r[1])
+        return scored[:limit]
+
+    def stats(self) -> tuple[int, float]:
+        """(chunks, mean terms per chunk) of the whole catalog, for BM25 (read once per reader)."""
+        if self._stats is None:
+            chunks = self.conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
+            total = self.conn.execute("SELECT coalesce(sum(cnt), 0) FROM chunk_vocab").fetchone()[0]
+            self._stats = (max(chunks, 1), max(total / max(chunks, 1), 1.0))
+        return self._stats
 
 
 class PaperTable(Mapping):
