@@ -61,11 +61,7 @@ def print_answer_stream(assistant, question: str, history: list | None, k: int |
             answer = item
         else:
             print(item, end="", flush=True)
-    print()
-    if answer.citations:
-        print("\nReferences:")
-        for c in answer.citations:
-            print(f"[{c['n']}] {c['title']}\n    {c['url']}")
+    print()  # the streamed text ends with the references, each paper once with its quoted sentences
     for notice in answer.notices:
         print(f"note: {notice}", file=sys.stderr)
     return answer

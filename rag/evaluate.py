@@ -92,6 +92,55 @@ def mean(values: list) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def followup_figures(path: str | Path) -> dict:
+    """Follow-up detection on labelled conversation turns ({history, question, followup})."""
+    from rag.conversation import is_followup
+
+    rows = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
+    wrong = [r["id"] for r in rows if is_followup(r["question"]) != r["followup"]]
+    return {"turns": len(rows), "accuracy": 1 - len(wrong) / max(1, len(rows)), "wrong": wrong}
+
+
+def verifier_figures(rows: list[dict]) -> dict:
+    """The verifier on labelled sentences ({question, evidence: [{n, title, quote}], sentence, label}): the share
+    of bad ones dropped (a MISCITED one re-cited to the evidence that states it also counts) and of supported ones
+    kept, per label, with the sentences it got wrong."""
+    from rag.citations import check_sentence
+    from rag.evidence import Evidence
+
+    per_label: dict[str, list[bool]] = {}
+    errors = []
+    for row in rows:
+        evidence = [
+            Evidence(e["n"], e.get("paper_id", e["title"]), e["title"], "", e["quote"], 1.0, 1) for e in row["evidence"]
+        ]
+        checked = check_sentence(row["sentence"], evidence, row.get("question", ""))
+        cited = set(parse_markers(row["sentence"]))
+        if row["label"] == "SUPPORTED":
+            right = bool(checked.text)
+        elif row["label"] == "MISCITED":
+            right = not checked.text or not (set(checked.cited) & cited)
+        else:
+            right = not checked.text
+        per_label.setdefault(row["label"], []).append(right)
+        if not right:
+            errors.append(f"{row['id']} {row['label']}: {'kept ' + checked.text if checked.text else checked.reason}")
+    bad = [r for label, rs in per_label.items() if label != "SUPPORTED" for r in rs]
+    good = per_label.get("SUPPORTED", [])
+    out = {
+        "sentences": len(rows),
+        "bad_dropped": mean(bad),
+        "supported_kept": mean(good),
+        "per_label": {label: {"n": len(rs), "right": sum(rs)} for label, rs in sorted(per_label.items())},
+        "errors": errors,
+    }
+    out["summary"] = (
+        f"{len(rows)} sentences: bad dropped {sum(bad)}/{len(bad)} ({fmt(out['bad_dropped'], True)}), "
+        f"supported kept {sum(good)}/{len(good)} ({fmt(out['supported_kept'], True)})"
+    )
+    return out
+
+
 # --- running --------------------------------------------------------------------------------------------------------
 
 
@@ -123,9 +172,17 @@ def score_question(q: dict, hits: list, answer=None) -> dict:
         "gold_ranks": ranks,
     }
     if answer is not None:
+        cited = [title_key(c["title"]) for c in answer.citations]
+        wanted = {title_key(g) for g in gold}
         row.update(
             {
                 "refused": answer.refused,
+                "opening": answer.opening,
+                "opening_hit": None if answer.refused else keyword_hit(answer.opening, q.get("answer_keywords") or []),
+                "evidence_only": None if answer.refused else not answer.opening,
+                "gold_first": bool(cited) and cited[0] in wanted if q["type"] in ("lookup", "fact") else None,
+                "gold_share": len(wanted & set(cited)) / len(wanted) if q["type"] == "multi" else None,
+                "generated": answer.generated,
                 "keyword_hit": keyword_hit(answer.text, q.get("answer_keywords") or []),
                 "citations_valid": None
                 if answer.refused
@@ -142,7 +199,19 @@ def score_question(q: dict, hits: list, answer=None) -> dict:
 def summarize(rows: list[dict]) -> dict:
     """Averages of the metric rows of one group of questions."""
     out = {"n": len(rows)}
-    for name in ("recall@5", "recall@10", "mrr", "keyword_hit", "citations_valid", "gold_cited", "refused"):
+    for name in (
+        "recall@5",
+        "recall@10",
+        "mrr",
+        "opening_hit",
+        "keyword_hit",
+        "evidence_only",
+        "citations_valid",
+        "gold_cited",
+        "gold_first",
+        "gold_share",
+        "refused",
+    ):
         values = [r.get(name) for r in rows]
         if any(v is not None for v in values):
             out[name] = mean(values)
@@ -185,6 +254,13 @@ def evaluate(
 
     by_type = {t: summarize([r for r in rows if r["type"] == t]) for t in TYPES if any(r["type"] == t for r in rows)}
     answerable = [r for r in rows if r["type"] != "unanswerable"]
+    generated = {k: sum((r.get("generated") or {}).get(k, 0) for r in rows) for k in ("kept", "dropped", "repeated")}
+    labelled = {}
+    folder = Path(file).parent
+    for claims in sorted(folder.glob("claims-*.jsonl")):
+        rows_c = [json.loads(line) for line in claims.open(encoding="utf-8") if line.strip()]
+        labelled[claims.name] = {k: v for k, v in verifier_figures(rows_c).items() if k != "errors"}
+    followups = followup_figures(folder / "followups.jsonl") if (folder / "followups.jsonl").exists() else None
     return {
         "file": str(file),
         "questions": len(rows),
@@ -195,6 +271,9 @@ def evaluate(
         "by_type": by_type,
         "answerable": summarize(answerable),
         "latency": latency({k: v for k, v in samples.items() if v}),
+        "generated": generated if answers else None,
+        "verifier": labelled,
+        "followups": followups,
         "missing_gold": missing_gold(assistant, questions),
         "rows": rows,
     }
@@ -237,21 +316,35 @@ def format_markdown(report: dict) -> str:
     if report["answers"]:
         lines += [
             "",
-            f"Answers ({report['backend']}). Keyword hit: the answer holds every expected fact; citations "
-            "valid: every [n] names a retrieved paper; refused: the refusal rate (wanted on unanswerable, a "
-            "false refusal elsewhere).",
+            f"Answers ({report['backend']}). Opening: the expected fact (every keyword group) in the answer's opening "
+            "sentence; anywhere: in the whole answer with its quoted references; evidence-only: no sentence before "
+            "the references; gold first: the gold paper is [1]; gold share: of a multi question's gold papers, the "
+            "share cited; refused: wanted on unanswerable, a false refusal elsewhere.",
             "",
         ]
         lines += [
-            "| type | n | keyword hit | citations valid | gold paper cited | refused |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| type | n | opening | anywhere | evidence-only | citations valid | gold cited | gold first | "
+            "gold share | refused |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for name, s in groups:
             lines.append(
-                f"| {name} | {s['n']} | {fmt(s.get('keyword_hit'), True)} | "
-                f"{fmt(s.get('citations_valid'), True)} | {fmt(s.get('gold_cited'), True)} | "
-                f"{fmt(s.get('refused'), True)} |"
+                f"| {name} | {s['n']} | {fmt(s.get('opening_hit'), True)} | {fmt(s.get('keyword_hit'), True)} | "
+                f"{fmt(s.get('evidence_only'), True)} | {fmt(s.get('citations_valid'), True)} | "
+                f"{fmt(s.get('gold_cited'), True)} | {fmt(s.get('gold_first'), True)} | "
+                f"{fmt(s.get('gold_share'), True)} | {fmt(s.get('refused'), True)} |"
             )
+        g = report.get("generated") or {}
+        lines += [
+            "",
+            f"Generated sentences: {g.get('kept', 0)} kept, {g.get('dropped', 0)} dropped by the verifier, "
+            f"{g.get('repeated', 0)} left out as repeating the opening.",
+        ]
+    for name, v in (report.get("verifier") or {}).items():
+        lines.append(f"Verifier on {name}: {v['summary']}.")
+    if report.get("followups"):
+        f = report["followups"]
+        lines.append(f"Follow-up detection: {fmt(f['accuracy'], True)} of {f['turns']} labelled turns.")
     lines += ["", "| latency (s) | n | p50 | p95 |", "|---|---:|---:|---:|"]
     names = {
         "search": "search (k=10)",
@@ -285,6 +378,8 @@ def miss_line(row: dict) -> str:
         problems.append("refused")
     elif row.get("keyword_hit") is False:
         problems.append("keywords missing")
+    elif row.get("opening_hit") is False:
+        problems.append("fact not in the opening")
     if row.get("citations_valid") is False:
         problems.append("invalid citation")
     if row.get("gold_cited") is False and not row.get("refused"):

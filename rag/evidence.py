@@ -1,10 +1,14 @@
 """Evidence: the sentences of the top papers that best answer the question, scored, and the refusal decision.
 
-A sentence's score mixes four signals (weights and threshold calibrated on the dev set, see README "Calibration"):
+A sentence's score mixes five signals (weights and thresholds calibrated on the dev set, see README "Calibration"):
 - meaning: cosine between question and sentence (the embedding model);
 - words: the share of the question's content words (stemmed) found in the sentence or its paper's title;
-- numbers: a bonus when the question asks for a quantity and the sentence states one;
+- answer kind: a bonus when the sentence holds what the question asks for (a quantity for "how many/much", a
+  definition for "what is", a mechanism for "how does", a result for "how well"), so that answering sentences win
+  over sentences that only repeat the question's words;
 - rank: a small prior for papers the search ranked higher.
+Evidence is then kept only from papers that bear on the question: a paper whose best sentence scores far below the
+best sentence overall is left out (a floor relative to the best).
 The question is refused when no sentence reaches the threshold, or when it asks for a kind of fact that abstracts
 rarely state (authors, year, venue, licence, hardware, money) and no evidence holds that kind of fact.
 """
@@ -12,12 +16,12 @@ rarely state (authors, year, venue, licence, hardware, money) and no evidence ho
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
 from rag.sentences import split_sentences
 
-W_MEANING, W_WORDS, W_NUMBERS, W_RANK = 0.5, 0.4, 0.1, 0.1
+W_MEANING, W_WORDS, W_KIND, W_RANK = 0.5, 0.4, 0.1, 0.1
 STRONG_MATCH = 0.6  # evidence this close answers the question even if some of its words are new to the corpus
 
 STOPWORDS = set(
@@ -39,11 +43,32 @@ QUANTITY_QUESTION = re.compile(
     r"size|accuracy|score)|by how|which (size|number))\b",
     re.I,
 )
+# What a question asks for, and what a sentence that answers it holds.
+ANSWER_KINDS = [
+    (QUANTITY_QUESTION, NUMBER),
+    (
+        re.compile(
+            r"\b(how (well|good)|how much better|does .* (outperform|beat|improve)|what (gain|improvement))\b", re.I
+        ),
+        re.compile(r"\b(outperform\w*|improv\w*|achiev\w*|surpass\w*|state-of-the-art|better|gains?)\b|\d", re.I),
+    ),
+    (
+        re.compile(r"\bhow (does|do|did|can|is|are)\b|\bin what way\b|\bby what\b", re.I),
+        re.compile(r"\b(by|via|through|using|uses|leverag\w*|relies on|consists? of)\b", re.I),
+    ),
+    (
+        re.compile(r"^\s*(what (is|are)|define|what does .* mean)\b", re.I),
+        re.compile(r"\b(is an?|are|refers? to|we (propose|introduce|present)|called|named)\b", re.I),
+    ),
+]
 
 # Kinds of fact that abstracts rarely state: (what the question asks, what evidence must show to answer it).
 FACT_KINDS = {
     "authors": (
-        re.compile(r"\b(who (wrote|authored|are the authors|is the author)|authors? of|written by)\b", re.I),
+        # "written by NLP practitioners" is about the data, not the paper's authors
+        re.compile(
+            r"\b(who (wrote|authored|are the authors|is the author)|authors? of|(paper|it) (was )?written by)\b", re.I
+        ),
         re.compile(r"\bauthors?:|\bet al\b", re.I),
     ),
     "year": (
@@ -79,9 +104,12 @@ class Evidence:
     quote: str
     score: float
     rank: int  # the paper's rank in the search
+    part_scores: list[float] = field(default_factory=list, repr=False)  # per part of a question that asks several
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("part_scores")
+        return out
 
 
 @lru_cache(maxsize=1)
@@ -91,14 +119,21 @@ def _stemmer():
     return Stemmer.Stemmer("english")
 
 
+WORD = re.compile(r"[^\W\d_]+|\d+(?:[.,]\d+)*")  # letters of any script ("Schrödinger", "Éire"), or a number
+
+
 def content_words(text: str) -> list[str]:
     """Lower-cased words and numbers of a text, stop words left out (hyphenated words split)."""
-    return [w for w in re.findall(r"[a-z]+|\d+(?:[.,]\d+)*", text.lower()) if w not in STOPWORDS]
+    return [w for w in WORD.findall(text.lower()) if w not in STOPWORDS]
+
+
+def stems(words: list[str]) -> list[str]:
+    return _stemmer().stemWords(words)
 
 
 def content_terms(text: str) -> set[str]:
     """Stemmed content words and numbers of a text."""
-    return set(_stemmer().stemWords(content_words(text)))
+    return set(stems(content_words(text)))
 
 
 def asked_kind(question: str) -> str | None:
@@ -118,8 +153,46 @@ def paper_sentences(paper: dict) -> list[str]:
     return out
 
 
+# Where a question asks a second thing: ", and on how many ...", "? What ...", "Flipped Learning: size, tasks, and
+# margin?" (a list after a colon).
+PART_BOUNDARY = re.compile(
+    r",?\s+and\s+(?=(?:on |in |for |with |by |to |at )?"
+    r"(?:how|what|which|who|where|when|why|whether|is|are|does|do|did)\b)"
+    r"|\?\s+(?=\S)",
+    re.I,
+)
+
+
+def question_parts(question: str) -> list[str]:
+    """The separate asks of a question (one part for most questions)."""
+    parts = [p.strip(" ?,") for p in PART_BOUNDARY.split(question) if p and len(content_terms(p)) >= 2]
+    if len(parts) == 1 and ":" in question:
+        head, tail = question.split(":", 1)
+        items = [i for i in re.split(r",\s*(?:and\s+)?|\s+and\s+", tail.strip(" ?")) if content_terms(i)]
+        if len(items) >= 2:
+            parts = [f"{head}: {i}" for i in items]
+    return parts if len(parts) > 1 else [question]
+
+
+# Sentences that never answer a question about the research: links, code release notes.
+BOILERPLATE = re.compile(
+    r"https?://|\b(code|data|models?|datasets?)( and (code|data|models?))? (is|are|will be) (publicly |freely )?"
+    r"(available|released)|\bwe (will )?(publicly )?release (our|the) code\b",
+    re.I,
+)
+
+
+def sentence_score(q_vec, q_terms: set[str], wants, vec, terms: set[str], sentence: str, rank: int) -> float:
+    meaning = sum(a * b for a, b in zip(q_vec, vec))
+    words = len(q_terms & terms) / max(1, len(q_terms))
+    kind = 1.0 if wants and wants[0].search(sentence) else 0.0
+    score = W_MEANING * meaning + W_WORDS * words + W_KIND * kind + W_RANK / rank
+    return score / 2 if BOILERPLATE.search(sentence) else score
+
+
 def score_sentences(question: str, hits: list, papers: dict[str, dict], embed) -> list[Evidence]:
-    """Every sentence of the hit papers, scored against the question, best first (n is not yet assigned).
+    """Every sentence of the hit papers, scored against the question, best first (n is not yet assigned). When the
+    question asks several things, each sentence is also scored against each part (`Evidence.part_scores`).
 
     `embed(texts) -> list[vector]` gives normalized vectors; the question is embedded with the sentences.
     """
@@ -130,28 +203,32 @@ def score_sentences(question: str, hits: list, papers: dict[str, dict], embed) -
             rows.append((hit, paper, sentence))
     if not rows:
         return []
-    vectors = embed([question] + [s for _, _, s in rows])
-    q_vec = vectors[0]
-    q_terms = content_terms(question)
-    wants_number = bool(QUANTITY_QUESTION.search(question))
+    parts = question_parts(question)
+    asks = [question] + (parts if len(parts) > 1 else [])
+    vectors = embed(asks + [s for _, _, s in rows])
+    ask_terms = [content_terms(a) for a in asks]
+    wants = [[holds for kind, holds in ANSWER_KINDS if kind.search(a)][:1] for a in asks]
     title_terms = {hit.paper_id: content_terms(papers[hit.paper_id]["title"]) for hit in hits}
     out = []
-    for (hit, paper, sentence), vec in zip(rows, vectors[1:]):
-        meaning = sum(a * b for a, b in zip(q_vec, vec))
-        s_terms = content_terms(sentence)
-        words = len(q_terms & (s_terms | title_terms[hit.paper_id])) / max(1, len(q_terms))
-        numbers = 1.0 if wants_number and NUMBER.search(sentence) else 0.0
-        score = W_MEANING * meaning + W_WORDS * words + W_NUMBERS * numbers + W_RANK / hit.rank
-        out.append(Evidence(0, hit.paper_id, paper["title"], paper["url"], sentence, round(score, 4), hit.rank))
+    for (hit, paper, sentence), vec in zip(rows, vectors[len(asks) :]):
+        terms = content_terms(sentence) | title_terms[hit.paper_id]
+        scores = [
+            sentence_score(vectors[i], ask_terms[i], wants[i], vec, terms, sentence, hit.rank) for i in range(len(asks))
+        ]
+        ev = Evidence(0, hit.paper_id, paper["title"], paper["url"], sentence, round(scores[0], 4), hit.rank)
+        ev.part_scores = [round(x, 4) for x in scores[1:]]
+        out.append(ev)
     out.sort(key=lambda e: -e.score)
     return out
 
 
-def select(scored: list[Evidence], per_paper: int, limit: int, threshold: float) -> list[Evidence]:
-    """The best sentences above the threshold, at most per_paper from one paper, numbered 1..n best first."""
+def select(scored: list[Evidence], per_paper: int, limit: int, threshold: float, floor: float = 0.0) -> list[Evidence]:
+    """The best sentences above the threshold and above `floor` x the best score, at most per_paper from one
+    paper, best first; n numbers papers (1 = the paper of the best sentence), so one paper's sentences share it."""
     chosen, count = [], {}
+    best = scored[0].score if scored else 0.0
     for ev in scored:
-        if ev.score < threshold:
+        if ev.score < max(threshold, floor * best):
             break
         if count.get(ev.paper_id, 0) >= per_paper:
             continue
@@ -159,15 +236,21 @@ def select(scored: list[Evidence], per_paper: int, limit: int, threshold: float)
         chosen.append(ev)
         if len(chosen) == limit:
             break
-    for n, ev in enumerate(chosen, 1):
-        ev.n = n
+    papers = {ev.paper_id for ev in chosen}
+    for part in range(len(scored[0].part_scores) if chosen else 0):  # the best answer to each part of the question
+        best_for_part = max((ev for ev in scored if ev.paper_id in papers), key=lambda ev: ev.part_scores[part])
+        if best_for_part not in chosen and best_for_part.score >= threshold:
+            chosen.append(best_for_part)
+    numbers: dict[str, int] = {}
+    for ev in chosen:
+        ev.n = numbers.setdefault(ev.paper_id, len(numbers) + 1)
     return chosen
 
 
 def topic_words(question: str, vocabulary) -> tuple[list[str], list[str]]:
     """(the question's words of 3+ characters with a letter, those that occur nowhere in the corpus), compared
     stemmed and split like the BM25 tokenizer splits ("Llama2-70B" -> "llama2", "70b")."""
-    tokens = re.findall(r"[a-z0-9]{3,}", question.lower())
+    tokens = re.findall(r"[^\W_]{3,}", question.lower())
     words = list(dict.fromkeys(w for w in tokens if w not in STOPWORDS and not w[0].isdigit()))
     stems = _stemmer().stemWords(words)
     return words, [w for w, s in zip(words, stems) if s not in vocabulary]

@@ -31,15 +31,18 @@ ABBREVIATIONS = {
     "viz",
     "incl",
 }
-BOUNDARY = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z0-9(\[\"'])")
+BOUNDARY = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=\S)")
 
 
 def split_sentences(text: str) -> list[str]:
     out: list[str] = []
     start = 0
     for m in BOUNDARY.finditer(text):
+        following = text[m.end()]
+        if not (following.isupper() or following.isdigit() or following in "([\"'"):  # a capital of any script
+            continue
         piece = text[start : m.start()].rstrip()
-        last_word = re.search(r"([A-Za-z.]+)\.$", piece)
+        last_word = re.search(r"([^\W\d_.][\w.]*)\.$", piece)
         if last_word and last_word.group(1).lower().rstrip(".") in ABBREVIATIONS:
             continue
         if len(piece) < 2:

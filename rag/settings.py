@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     evidence_per_paper: int = Field(3, description="Evidence sentences kept per paper.")
     evidence_max: int = Field(5, description="Evidence sentences shown to the LLM and quoted in the answer.")
     evidence_threshold: float = Field(0.30, description="Lowest score of a sentence kept as evidence (calibrated).")
+    evidence_floor: float = Field(
+        0.8, description="Evidence must score at least this share of the best sentence's score (calibrated)."
+    )
+    evidence_floor_papers: float = Field(
+        0.7, description="The same floor for questions asking which papers address a theme (calibrated)."
+    )
     refuse_threshold: float = Field(0.35, description="Refuse when the best evidence scores below this (calibrated).")
     unknown_share: float = Field(
         0.15, description="Refuse when this share of the question's words occurs nowhere in the corpus (calibrated)."
@@ -57,6 +63,11 @@ class Settings(BaseSettings):
     llm_model: str = Field(
         "bundled",
         description="llamacpp: a GGUF path; transformers: a path or hub id; 'bundled' = SmolLM2-135M-Instruct Q4_1.",
+    )
+    answer_style: Literal["auto", "extractive", "synthesis"] = Field(
+        "auto",
+        description="extractive: the answer quotes the evidence, the LLM adds a sentence (small models); synthesis: "
+        "the LLM writes a short cited synthesis (capable models); auto: synthesis for the openai backend.",
     )
     llm_max_tokens: int = Field(160, description="Most tokens the LLM may generate for one answer.")
     llm_temperature: float = Field(0.0, description="Sampling temperature (0 = greedy).")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import re
 from typing import Any
 
 from llama_index.core.llms import CompletionResponse, CustomLLM, LLMMetadata
@@ -46,3 +48,27 @@ def tokens(text: str) -> list[str]:
     """Split text into word-sized streaming pieces, as an LLM would send it."""
     words = text.split(" ")
     return [w if i == 0 else " " + w for i, w in enumerate(words)]
+
+
+class SynthesisLLM(ScriptedLLM):
+    """A "capable model" that reads the numbered context of its prompt and answers in sentences built from it: a
+    paraphrase of the first paper's first quote (true), then that quote with a number changed, with a finding
+    flipped, and spliced with the second paper's quote (each false under its [n])."""
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any):
+        from tests import adversarial
+
+        quotes = [(int(n), q) for n, q in re.findall(r'^\[(\d+)\] "([^"]+)"', prompt, re.M)]
+        (n1, first), second = quotes[0], quotes[min(1, len(quotes) - 1)][1]
+        rng = random.Random(0)
+        lines = [f"{adversarial.paraphrase(first).rstrip('.')} [{n1}]."]
+        for false in (
+            adversarial.change_number(first, rng),
+            adversarial.flip_polarity(first) or adversarial.negate(first),
+            adversarial.splice(first, second),
+        ):
+            if false:
+                lines.append(f"{false.rstrip('.')} [{n1}].")
+        self.script = tokens(" ".join(lines))
+        return super().stream_complete(prompt, formatted, **kwargs)

@@ -11,7 +11,7 @@ from rag.answer import REFUSAL, Answer, build_messages
 from rag.citations import parse_markers
 from rag.evidence import Evidence
 from rag.settings import Settings
-from tests.fakes import ScriptedLLM, tokens
+from tests.fakes import ScriptedLLM, SynthesisLLM, tokens
 
 QUESTION = "How much of the gap to the truly-tuned chat model does proxy-tuning close for Llama2-70B?"
 PROXY = "Tuning Language Models by Proxy"
@@ -27,28 +27,72 @@ def run(assistant, question, history=None):
     return pieces, answer
 
 
-def assistant_with(fixture_index, script=(), **kw):
+def assistant_with(fixture_index, script=(), settings=None, **kw):
     llm = ScriptedLLM(script=list(script), prompts=[], **kw)
-    return Assistant(Settings(index_dir=fixture_index), llm=llm), llm
+    return Assistant(Settings(index_dir=fixture_index, **(settings or {})), llm=llm), llm
 
 
-def test_cited_answer_keeps_supported_sentences_and_ends_with_the_evidence(fixture_index):
-    script = tokens("Proxy-tuning closes 88% of the gap [1]. Bananas are a yellow fruit rich in potassium [2].")
-    assistant, llm = assistant_with(fixture_index, script)
+ANSWER_88 = "we can close 88% of the gap between Llama2-70B and its truly-tuned chat version"
+
+
+def test_answer_opens_with_the_answering_evidence_and_keeps_only_what_the_evidence_states(fixture_index):
+    script = tokens(
+        "On TruthfulQA, proxy-tuned models are more truthful than directly tuned models [1]. "
+        "Proxy-tuning closes 95% of the gap [1]. Bananas are a yellow fruit rich in potassium [2]."
+    )
+    # no floor: the other sentences of the paper are evidence too, so the model can add what they state
+    assistant, llm = assistant_with(fixture_index, script, settings={"evidence_floor": 0.0})
     pieces, answer = run(assistant, QUESTION)
-    assert "".join(pieces) == answer.text
-    assert not answer.refused
-    assert answer.text.startswith("Proxy-tuning closes 88% of the gap [")
-    assert "Bananas" not in answer.text and answer.dropped == ["Bananas are a yellow fruit rich in potassium [2]."]
-    assert answer.text.rstrip().endswith(f"({answer.evidence[-1].title})")
-    assert '\n\nEvidence:\n[1] "' in answer.text
+    assert "".join(pieces) == answer.text and not answer.refused
+    # the opening is the answering sentence, quoted and cited, and it is the first piece shown
+    assert pieces[0] == answer.opening and ANSWER_88 in answer.opening and answer.opening.endswith("[1]")
+    assert answer.text.startswith("“")
+    # a true generated sentence that adds to the opening follows it; the wrong number and the banana are dropped
+    prose = answer.prose
+    assert "On TruthfulQA, proxy-tuned models are more truthful than directly tuned models [1]." in prose
+    assert "95%" not in prose and "Bananas" not in prose
+    assert answer.dropped == ["Proxy-tuning closes 95% of the gap [1]."]
+    assert answer.generated == {"kept": 1, "dropped": 1, "repeated": 0}  # asked for one sentence: stops after two
+    # references: each paper once, its quoted sentences beneath
+    assert answer.text[len(prose) :].startswith("\n\nReferences:\n[1] Tuning Language Models by Proxy <")
     cited = {c["n"]: c for c in answer.citations}
     assert set(parse_markers(answer.text)) <= set(cited)
-    assert cited[1]["title"] == PROXY and "88%" in cited[1]["quote"]
+    assert cited[1]["title"] == PROXY and any("88%" in q for q in cited[1]["quotes"])
+    assert len({c["paper_id"] for c in answer.citations}) == len(answer.citations)
     assert {"search", "evidence", "first_token", "first_text", "generate", "total"} <= answer.timings.keys()
+    assert answer.timings["first_text"] < answer.timings["first_token"]  # the opening does not wait for the LLM
     json.dumps(answer.to_dict())
     prompt = llm.prompts[0]
     assert QUESTION in prompt and '\n[1] "' in prompt and "(Tuning Language Models by Proxy)\n" in prompt
+
+
+def test_a_generated_copy_of_the_opening_is_not_repeated(fixture_index):
+    assistant, _ = assistant_with(fixture_index, tokens(f"In experiments, {ANSWER_88} [1]."))
+    _, answer = run(assistant, QUESTION)
+    assert answer.prose.count("88%") == 1 and answer.generated["repeated"] == 1 and answer.notices == []
+
+
+def test_synthesis_style_opens_with_the_verified_model_sentence_and_drops_the_false_ones(fixture_index):
+    llm = SynthesisLLM(prompts=[])
+    settings = Settings(index_dir=fixture_index, answer_style="synthesis", evidence_floor=0.0)  # two papers to splice
+    assistant = Assistant(settings, llm=llm)
+    pieces, answer = run(assistant, QUESTION)
+    assert "synthesizes what the papers say" in llm.prompts[0]
+    said = llm.script and "".join(llm.script)
+    first = said.split(" [1].")[0]
+    assert answer.opening.startswith(first) and answer.opening.endswith("[1].")  # the paraphrase opens
+    assert len(answer.dropped) == 3 and answer.generated["kept"] == 1  # changed number, flipped finding, splice
+    for false in answer.dropped:
+        assert false not in answer.text
+    assert answer.citations[0]["title"] == PROXY
+
+
+def test_synthesis_falls_back_to_the_quoted_evidence_when_nothing_survives(fixture_index):
+    script = tokens("Proxy-tuning closes 95% of the gap [1].")
+    assistant, _ = assistant_with(fixture_index, script, settings={"answer_style": "synthesis"})
+    _, answer = run(assistant, QUESTION)
+    assert ANSWER_88 in answer.opening and "95%" not in answer.text
+    assert "no sentence the evidence states" in answer.notices[0]
 
 
 def test_absent_topic_is_refused_with_the_closest_papers(fixture_index):
@@ -67,23 +111,23 @@ def test_llm_failing_mid_answer_gives_the_evidence_and_one_line(fixture_index):
     assert len(answer.notices) == 1
     assert "failed: ConnectionError: connection reset by peer" in answer.notices[0]
     assert "\n" not in answer.notices[0]
-    assert answer.text.startswith("Proxy-tuning closes 88% of the gap [")  # what was verified before the failure
-    assert "Evidence:" in answer.text and answer.citations
+    assert ANSWER_88 in answer.opening and answer.text.startswith(answer.opening)  # the answer still stands
+    assert "References:" in answer.text and answer.citations
 
 
 @pytest.mark.parametrize("script, notice", [((), "empty answer"), (tokens("The answer is: 1.5"), "no sentence")])
-def test_empty_or_garbage_output_falls_back_to_the_evidence(fixture_index, script, notice):
+def test_empty_or_garbage_output_leaves_the_quoted_answer(fixture_index, script, notice):
     assistant, _ = assistant_with(fixture_index, script)
     _, answer = run(assistant, QUESTION)
     assert notice in answer.notices[0]
-    assert answer.text.startswith("From the indexed abstracts:\n\nEvidence:\n[1]")
+    assert ANSWER_88 in answer.opening and answer.text.startswith("“")
     assert PROXY in answer.text and not answer.refused
 
 
 def test_backend_none_gives_the_evidence_answer(fixture_index):
     answer = Assistant(Settings(index_dir=fixture_index, llm_backend="none")).ask(QUESTION)
     assert answer.notices == [] and answer.citations[0]["title"] == PROXY
-    assert "88%" in answer.text and answer.backend == "none (evidence only)"
+    assert ANSWER_88 in answer.opening and answer.backend == "none (evidence only)"
 
 
 def test_followup_is_searched_with_the_previous_question(fixture_index):

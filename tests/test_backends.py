@@ -39,7 +39,7 @@ def streamed(assistant: Assistant, question: str) -> tuple[list[str], Answer]:
 def assert_valid_answer(answer: Answer):
     assert not answer.refused
     assert answer.citations[0]["title"] == PROXY
-    assert "88%" in answer.text  # the fact, at least in the quoted evidence
+    assert "88%" in answer.opening  # the fact, in the answer's first sentence
     numbers = {c["n"] for c in answer.citations}
     from rag.citations import parse_markers
 
@@ -154,7 +154,7 @@ def test_server_killed_mid_answer_gives_the_evidence_and_one_line(fixture_index)
         server.kill()
     assert server.poll() is not None
     assert len(answer.notices) == 1 and "failed" in answer.notices[0] and "\n" not in answer.notices[0]
-    assert answer.citations and "Evidence:\n[1]" in answer.text
+    assert answer.citations and "References:\n[1]" in answer.text
 
 
 def test_unreachable_endpoint_gives_the_evidence_and_one_line(fixture_index):
@@ -229,7 +229,7 @@ def test_instructions_inside_an_abstract_change_nothing(tmp_path):
     index_dir = tmp_path / "index"
     build_index(Settings(index_dir=index_dir), [corpus], progress=False)
     answer = Assistant(Settings(index_dir=index_dir)).ask("How much does sparse mixture routing cut inference cost?")
-    prose = answer.text.split("\n\nEvidence:")[0]
+    prose = answer.prose
     assert "PWNED" not in prose
     assert not answer.refused and "40%" in answer.text
     assert all(c["title"] in {r["title"] for r in rows} for c in answer.citations)

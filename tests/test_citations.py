@@ -6,7 +6,7 @@ import pytest
 
 from rag.citations import StreamVerifier, check_sentence, parse_markers, text_units
 from rag.conversation import resolve
-from rag.evidence import Evidence, asked_kind, refusal_reason, select, topic_words
+from rag.evidence import Evidence, asked_kind, content_words, refusal_reason, select, topic_words
 from rag.sentences import split_sentences
 
 EVIDENCE = [
@@ -90,7 +90,7 @@ def test_stream_verifier_emits_verified_sentences_as_they_complete():
     assert out == ["Proxy-tuning closes 88% of the gap [1]."]
     out += verifier.finish()
     assert out[-1] == "LoRA reduces trainable parameters by 10,000 times [2]."
-    assert verifier.dropped == ["Cats are great pets."]
+    assert [d.dropped for d in verifier.dropped] == ["Cats are great pets."]
 
 
 def test_text_units_handles_markers_after_the_full_stop_and_bullets():
@@ -102,12 +102,18 @@ def test_split_sentences_keeps_abbreviations_and_decimals():
     assert split_sentences(text) == ["We use e.g. LoRA as in Hu et al. 2021.", "Accuracy rises 3.5% (Fig. 2).", "Done!"]
 
 
-def test_select_caps_per_paper_and_total_and_numbers_from_one():
+def test_select_caps_per_paper_and_total_and_numbers_papers_from_one():
     scored = [Evidence(0, f"p{i % 3}", "T", "u", f"s{i}", 1 - i / 20, 1) for i in range(12)]
     chosen = select(scored, per_paper=2, limit=5, threshold=0.6)
-    assert [e.n for e in chosen] == [1, 2, 3, 4, 5]
+    assert [(e.paper_id, e.n) for e in chosen] == [("p0", 1), ("p1", 2), ("p2", 3), ("p0", 1), ("p1", 2)]
     assert max(sum(e.paper_id == p for e in chosen) for p in ("p0", "p1", "p2")) == 2
     assert select(scored, 2, 5, threshold=2.0) == []
+
+
+def test_select_drops_papers_far_below_the_best():
+    scored = [Evidence(0, "a", "T", "u", "s", 0.9, 1), Evidence(0, "b", "T", "u", "s", 0.8, 2)]
+    scored.append(Evidence(0, "c", "T", "u", "s", 0.5, 3))
+    assert [e.paper_id for e in select(scored, 3, 5, threshold=0.3, floor=0.8)] == ["a", "b"]
 
 
 def test_refusal_rules():
@@ -147,3 +153,25 @@ def test_followups_are_searched_with_the_previous_question():
     )
     assert resolve("and how does it compare to LoRA?", None) == "and how does it compare to LoRA?"
     assert resolve("what about LoRA?", [("What is proxy-tuning?", "...")]) == "What is proxy-tuning? what about LoRA?"
+
+
+def test_followup_detection_on_labelled_turns_and_standalone_dev_questions():
+    from rag.conversation import is_followup
+    from rag.evaluate import followup_figures, load_questions
+    from tests.conftest import DATA, DEV_SET
+
+    figures = followup_figures(DATA / "followups.jsonl")
+    assert figures["turns"] >= 20 and figures["accuracy"] >= 0.95, figures["wrong"]
+    assert not [q["id"] for q in load_questions(DEV_SET) if is_followup(q["question"])]  # all 60 stand alone
+
+
+def test_unicode_words_sentences_and_topic_words():
+    text = "Schrödinger bridges map images. Ébauche models are new. Модели работают. 数据很好。"
+    assert split_sentences(text) == [
+        "Schrödinger bridges map images.",
+        "Ébauche models are new.",
+        "Модели работают. 数据很好。",
+    ]
+    assert "schrödinger" in content_words("The Schrödinger bridge")
+    words, unknown = topic_words("Schrödinger bridge models", {"schrödinger", "bridg", "model"})
+    assert words == ["schrödinger", "bridge", "models"] and unknown == []

@@ -100,7 +100,7 @@ QUESTIONS = [
 
 
 def cite(n: int, pid: str) -> dict:
-    return {"n": n, "paper_id": pid, "title": PAPERS.get(pid, "?"), "url": "", "quote": ""}
+    return {"n": n, "paper_id": pid, "title": PAPERS.get(pid, "?"), "url": "", "quotes": [""]}
 
 
 class FakeAssistant:
@@ -130,6 +130,7 @@ class FakeAssistant:
                 [cite(1, "p1")],
                 timings={**timings, "first_token": 0.3},
                 backend="fake",
+                opening="Paper One does it [1].",
             )
         if "two" in question:
             return Answer(
@@ -139,6 +140,7 @@ class FakeAssistant:
                 [cite(1, "p1"), cite(2, "p9")],
                 timings=timings,
                 backend="fake",
+                opening="It has 42 parts [1][2].",
             )
         return Answer(question, "I could not find this in the indexed papers.", True, timings=timings, backend="fake")
 
@@ -161,9 +163,12 @@ def test_evaluate_end_to_end(questions_file):
         "recall@5": 1.0,
         "recall@10": 1.0,
         "mrr": 1.0,
+        "opening_hit": 1.0,
         "keyword_hit": 1.0,
+        "evidence_only": 0.0,
         "citations_valid": 1.0,
         "gold_cited": 1.0,
+        "gold_first": 1.0,
         "refused": 0.0,
     }
     assert fact["mrr"] == 0.5 and fact["keyword_hit"] == 0.0 and fact["citations_valid"] == 0.0
@@ -176,7 +181,7 @@ def test_evaluate_end_to_end(questions_file):
 
     text = format_markdown(report)
     assert "| lookup | 1 | 1.000 | 1.000 | 1.000 |" in text
-    assert "| unanswerable | 1 | – | – | – | 100% |" in text
+    assert "| unanswerable | 1 | – | – | – | – | – | – | – | 100% |" in text
     assert "q2 (fact): keywords missing, invalid citation, gold paper not cited" in text
 
 

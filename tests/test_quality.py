@@ -32,7 +32,7 @@ def test_hybrid_search_recall(search_report, capsys):
             print(f"\n## {mode}\n" + format_markdown(report))
     hybrid = search_report["hybrid"]
     assert hybrid["missing_gold"] == []
-    assert hybrid["answerable"]["recall@5"] >= 0.95  # lookup + fact + multi
+    assert hybrid["answerable"]["recall@5"] >= 0.955  # lookup + fact + multi
     assert hybrid["by_type"]["multi"]["recall@10"] >= 0.95
     for part in ("dense", "bm25"):  # hybrid is not worse than its parts
         assert hybrid["answerable"]["recall@5"] >= search_report[part]["answerable"]["recall@5"]
@@ -44,12 +44,13 @@ def test_cited_answers(answer_report, capsys):
         print("\n" + format_markdown(answer_report))
     by_type, rows = answer_report["by_type"], answer_report["rows"]
     assert answer_report["backend"].startswith("llamacpp")
-    assert by_type["fact"]["keyword_hit"] >= 0.8
+    assert by_type["fact"]["opening_hit"] >= 0.85  # the expected fact is in the answer's first sentence
+    assert not any(r["evidence_only"] for r in rows)  # every answer opens with a direct answer
     assert all(r["citations_valid"] for r in rows if r["citations_valid"] is not None)
     assert sum(r["citations_valid"] is not None for r in rows) >= 45  # validity was checked on real answers
     lookup_fact = [r["gold_cited"] for r in rows if r["type"] in ("lookup", "fact")]
     assert sum(lookup_fact) / len(lookup_fact) >= 0.9
-    assert by_type["unanswerable"]["refused"] >= 0.8
+    assert by_type["unanswerable"]["refused"] >= 0.9
     answerable = [r["refused"] for r in rows if r["type"] != "unanswerable"]
-    assert sum(answerable) / len(answerable) <= 0.1
+    assert sum(answerable) / len(answerable) <= 0.03
     assert not any("failed" in n for r in rows for n in r["notices"])

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import gradio as gr
 import pytest
 
-from rag.answer import Answer
+from rag.answer import Answer, citations, references_block
 from rag.corpus import CorpusError
 from rag.evidence import Evidence
 from rag.index import IndexReport
@@ -50,16 +50,17 @@ def cited_answer(question="How much of the gap does proxy-tuning close?") -> Ans
         evidence(1, "p1", "In experiments we close 88% of the gap to the truly-tuned chat model.", 0.81),
         evidence(2, "p2", f"{XSS_SCRIPT} is what this abstract says.", 0.5, 2),
     ]
-    text = f"Proxy-tuning closes 88% of the gap [1]. {XSS_TITLE} [2].\n\nEvidence:\n" + "\n".join(
-        f'[{e.n}] "{e.quote}" ({e.title})' for e in ev
+    text = f"“In experiments we close 88% of the gap to the truly-tuned chat model.” [1] {XSS_TITLE} [2]." + (
+        references_block(ev)
     )
     return Answer(
         question=question,
         text=text,
         refused=False,
         evidence=ev,
-        citations=[{"n": e.n, "paper_id": e.paper_id, "title": e.title, "url": e.url, "quote": e.quote} for e in ev],
+        citations=citations(ev),
         backend="fake",
+        opening="“In experiments we close 88% of the gap to the truly-tuned chat model.” [1]",
     )
 
 
@@ -152,7 +153,7 @@ def test_chat_streams_pieces_then_renders_cited_answer(fake):
     chatbots = [u[0] for u in updates if isinstance(u[0], list)]
     assert chatbots[0][-1]["content"].startswith('<span class="rag-wait">')  # the question shows at once
     streamed = [c[-1]["content"] for c in chatbots[1:-1]]
-    assert len(streamed) == 2 and "Proxy-tuning closes" in streamed[0]
+    assert len(streamed) == 2 and "“In experiments we c" in streamed[0]
     final_chat, sources, turns, notice, _, export = updates[-1]
     assert [t.question for t in turns] == [fake.answer.question]
     assert fake.calls[0] == ("stream", fake.answer.question, [], 5, "bm25")

@@ -5,7 +5,7 @@ import html
 import re
 from urllib.parse import urlparse
 
-from rag.answer import Answer
+from rag.answer import REFERENCES, Answer
 
 CITE = re.compile(r"\[(\d+)\]")
 
@@ -22,6 +22,7 @@ STYLE = """
 .rag-refused { border-left: 4px solid #d97706; padding-left: 10px; }
 .rag-refused .rag-label { background: #fef3c7; color: #92400e; }
 .rag-notice { color: #b45309; font-size: 0.9em; margin-top: 6px; }
+.rag-refs { font-size: 0.85em; margin-top: 8px; opacity: 0.85; }
 .rag-wait { opacity: .65; font-style: italic; }
 .rag-line { min-height: 1.4em; font-size: 0.92em; }
 .rag-line.rag-error { color: #b91c1c; }
@@ -98,7 +99,14 @@ def answer_html(turn: int, text: str, answer: Answer | None = None) -> str:
             return m[0]
         return f'<a class="rag-cite" href="#{anchor(turn, n)}">[{n}]</a>'
 
-    body = CITE.sub(cite, esc(text)).replace("\n", "<br>")
+    prose = text.partition(REFERENCES)[0]  # the cards show the references with their quotes
+    body = CITE.sub(cite, esc(prose)).replace("\n", "<br>")
+    if answer is not None and answer.citations:
+        links = " · ".join(
+            f'<a class="rag-cite" href="#{anchor(turn, c["n"])}">[{c["n"]}]</a> {esc(c["title"])}'
+            for c in answer.citations
+        )
+        body += f'<div class="rag-refs">{links}</div>'
     notices = "".join(f'<div class="rag-notice">⚠ {esc(n)}</div>' for n in (answer.notices if answer else []))
     if answer is not None and answer.refused:
         return (
@@ -149,25 +157,23 @@ def highlight(abstract: str, marks: list[tuple[int, str, float]]) -> str:
 
 
 def cited_cards(turn: int, answer: Answer, papers: dict) -> str:
-    """One card per cited paper, in order of its best evidence: title link, score, abstract with the evidence
-    sentences highlighted. The card holds an anchor for each of its [n]."""
-    by_paper: dict[str, list] = {}
-    for ev in sorted(answer.evidence, key=lambda e: e.n):
-        by_paper.setdefault(ev.paper_id, []).append(ev)
+    """One card per cited paper, in [n] order: title link, score, abstract with the quoted sentences highlighted.
+    The card holds the anchor its [n] links to."""
     cards = []
-    for pid, evs in by_paper.items():
-        first = evs[0]
-        paper = papers.get(pid, {})
-        anchors = "".join(f'<span class="rag-anchor" id="{anchor(turn, ev.n)}"></span>' for ev in evs)
-        nums = "".join(f"[{ev.n}]" for ev in evs)
-        meta = [f"score {max(ev.score for ev in evs):.2f}", f"search rank {first.rank}"]
+    for c in answer.citations:
+        evs = [ev for ev in answer.evidence if ev.n == c["n"]]
+        paper = papers.get(c["paper_id"], {})
+        meta = [f"score {max((ev.score for ev in evs), default=0):.2f}"]
+        if evs:
+            meta.append(f"search rank {evs[0].rank}")
         if paper.get("source"):
             meta.append(esc(paper["source"]))
-        marks = [(ev.n, ev.quote, ev.score) for ev in evs]
+        marks = [(c["n"], ev.quote, ev.score) for ev in evs]
         cards.append(
-            f'<div class="rag-card" data-paper="{esc(pid)}">{anchors}'
-            f'<div class="rag-card-title"><span class="rag-nums">{nums}</span>'
-            f"{title_link(first.title, first.url)}</div>"
+            f'<div class="rag-card" data-paper="{esc(c["paper_id"])}">'
+            f'<span class="rag-anchor" id="{anchor(turn, c["n"])}"></span>'
+            f'<div class="rag-card-title"><span class="rag-nums">[{c["n"]}]</span>'
+            f"{title_link(c['title'], c['url'])}</div>"
             f'<div class="rag-meta">{" · ".join(meta)}</div>'
             f'<p class="rag-abstract">{highlight(paper.get("abstract", ""), marks)}</p></div>'
         )
@@ -243,7 +249,7 @@ def export_markdown(turns: list[Answer], when: str) -> str:
     lines = ["# abstract-rag conversation", "", f"Exported {when}.", ""]
     for t, a in enumerate(turns, 1):
         lines += [f"## {t}. {md_text(a.question)}", ""]
-        lines += ["  \n".join(md_text(x) for x in a.text.splitlines()) or "_(no answer)_", ""]
+        lines += ["  \n".join(md_text(x) for x in a.prose.splitlines()) or "_(no answer)_", ""]
         lines += [f"> Notice: {md_text(n)}" for n in a.notices] + ([""] if a.notices else [])
         if a.refused and a.closest:
             lines += ["Closest papers (they do not answer the question):", ""]
@@ -251,6 +257,7 @@ def export_markdown(turns: list[Answer], when: str) -> str:
         if a.citations:
             lines += ["References:", ""]
             for c in a.citations:
-                lines.append(f'{c["n"]}. [{md_text(c["title"])}](<{safe_url(c["url"])}>): "{md_text(c["quote"])}"')
+                lines.append(f"{c['n']}. [{md_text(c['title'])}](<{safe_url(c['url'])}>)")
+                lines += [f"   > {md_text(q)}" for q in c["quotes"]]
             lines.append("")
     return "\n".join(lines)
