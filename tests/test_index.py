@@ -274,3 +274,27 @@ def test_uploads_survive_moving_the_index_and_same_named_files_stay_distinct(tmp
     report = build_index(Settings(index_dir=moved), progress=False)
     assert (report.papers, report.removed) == (10, 0)
     assert Assistant(Settings(index_dir=moved)).search("proxy-tuning black-box", k=1)[0].title == PROXY
+
+
+def test_embedder_is_thread_safe_and_matches_the_float32_reference():
+    """Several threads embed and tokenize at once (a server does): no "Already borrowed", the same vectors as one
+    thread; and the int8 vectors stay close to the float32 ones (same meaning for retrieval)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    papers, _, _ = load_papers([str(FIXTURE_CORPUS)], skip_bad=False)
+    texts = [p.abstract for p in papers]
+    embedder = load_embedder("bundled")
+    alone = [embedder.get_text_embedding_batch(texts[i : i + 3]) for i in range(0, len(texts), 3)]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(
+            pool.map(lambda i: embedder.get_text_embedding_batch(texts[i : i + 3]), range(0, len(texts), 3))
+        )
+        counted = list(pool.map(embedder.token_ids, texts * 4))
+    assert np.allclose(np.asarray(sum(alone, [])), np.asarray(sum(together, [])), atol=1e-5)
+    assert counted == [embedder.token_ids(t) for t in texts] * 4
+
+    reference = np.asarray(load_embedder("bundled", runtime="onnx").get_text_embedding_batch(texts))
+    cosine = (np.asarray(sum(alone, [])) * reference).sum(1)
+    assert cosine.min() > 0.97, cosine
