@@ -243,9 +243,12 @@ def test_cli_index_search_and_config(corpus, capsys, monkeypatch):
     assert f" 1. {PROXY}" in capsys.readouterr().out
 
     monkeypatch.setenv("RAG_OPENAI_API_KEY", "sk-secret")
+    monkeypatch.setenv("RAG_CHROMA_TOKEN", "chroma-secret")
+    monkeypatch.setenv("RAG_CHROMA_HEADERS", '{"X-Chroma-Token": "header-secret"}')
     assert main(["config", "--json"]) == 0
     config = json.loads(capsys.readouterr().out)
-    assert config["openai_api_key"] == "***" and "sk-secret" not in json.dumps(config)
+    assert config["openai_api_key"] == config["chroma_token"] == config["chroma_headers"] == "***"
+    assert not {"sk-secret", "chroma-secret", "header-secret"} & set(json.dumps(config).split('"'))
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
@@ -298,3 +301,12 @@ def test_embedder_is_thread_safe_and_matches_the_float32_reference():
     reference = np.asarray(load_embedder("bundled", runtime="onnx").get_text_embedding_batch(texts))
     cosine = (np.asarray(sum(alone, [])) * reference).sum(1)
     assert cosine.min() > 0.97, cosine
+
+
+def test_unreachable_chroma_server_is_one_line(corpus, capsys, monkeypatch):
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("RAG_CHROMA_URL", f"http://127.0.0.1:{free_port()}")
+    assert main(["index", str(corpus)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot reach the Chroma server at http://127.0.0.1:") and err.count("\n") == 1
