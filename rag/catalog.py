@@ -35,8 +35,18 @@ CREATE TABLE IF NOT EXISTS papers (
 CREATE INDEX IF NOT EXISTS papers_title_key ON papers(title_key);
 CREATE INDEX IF NOT EXISTS papers_added ON papers(added);
 CREATE INDEX IF NOT EXISTS papers_removed ON papers(removed);
-CREATE TABLE IF NOT EXISTS chunks (rowid INTEGER PRIMARY KEY, paper_id TEXT NOT NULL, text TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS chunks (
+    rowid INTEGER PRIMARY KEY, paper_id TEXT NOT NULL, text TEXT NOT NULL, length INTEGER NOT NULL
+);
 CREATE INDEX IF NOT EXISTS chunks_paper ON chunks(paper_id);
+CREATE TABLE IF NOT EXISTS totals (
+    id INTEGER PRIMARY KEY CHECK (id = 0), chunks INTEGER NOT NULL, terms INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO totals VALUES (0, 0, 0);
+CREATE TRIGGER IF NOT EXISTS chunk_added AFTER INSERT ON chunks
+    BEGIN UPDATE totals SET chunks = chunks + 1, terms = terms + NEW.length; END;
+CREATE TRIGGER IF NOT EXISTS chunk_removed AFTER DELETE ON chunks
+    BEGIN UPDATE totals SET chunks = chunks - 1, terms = terms - OLD.length; END;
 CREATE VIRTUAL TABLE IF NOT EXISTS chunk_terms
     USING fts5(terms, tokenize="unicode61 remove_diacritics 0 tokenchars '_'");
 CREATE VIRTUAL TABLE IF NOT EXISTS chunk_vocab USING fts5vocab(chunk_terms, 'row');
@@ -108,11 +118,12 @@ class Catalog:
                     + (json.dumps(extra_of(p)), len(texts), generation),
                 )
                 for text, indexed in texts:
-                    rowid = self.conn.execute(
-                        "INSERT INTO chunks (paper_id, text) VALUES (?, ?)", (p.id, text)
-                    ).lastrowid
+                    terms = bm25_terms(indexed)
+                    row = self.conn.execute(
+                        "INSERT INTO chunks (paper_id, text, length) VALUES (?, ?, ?)", (p.id, text, len(terms))
+                    )
                     self.conn.execute(
-                        "INSERT INTO chunk_terms (rowid, terms) VALUES (?, ?)", (rowid, " ".join(bm25_terms(indexed)))
+                        "INSERT INTO chunk_terms (rowid, terms) VALUES (?, ?)", (row.lastrowid, " ".join(terms))
                     )
 
     def finish(self, generation: int, live: int, removed: list[str], relabelled: list) -> None:
@@ -230,8 +241,7 @@ class CatalogReader:
     def stats(self) -> tuple[int, float]:
         """(chunks, mean terms per chunk) of the whole catalog, for BM25 (read once per reader)."""
         if self._stats is None:
-            chunks = self.conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
-            total = self.conn.execute("SELECT coalesce(sum(cnt), 0) FROM chunk_vocab").fetchone()[0]
+            chunks, total = self.conn.execute("SELECT chunks, terms FROM totals").fetchone()  # kept by triggers
             self._stats = (max(chunks, 1), max(total / max(chunks, 1), 1.0))
         return self._stats
 
