@@ -56,7 +56,7 @@ PAPER_KEYS = ("id", "title", "abstract", "url", "source", "authors", "year")
 WORD = re.compile(r"(?u)\b\w\w+\b")  # bm25s's default token pattern
 BM25_K1, BM25_B = 1.5, 0.75  # bm25s's defaults (Lucene's BM25)
 RERANK_POOL = 200  # chunks FTS5 finds before they are rescored
-COMMON_SHARE = 0.05  # query terms in more chunks than this share only rescore, they do not select
+COMMON_SHARE = 0.2  # query terms in more chunks than this share only rescore, they do not select
 
 
 @lru_cache(maxsize=1)
