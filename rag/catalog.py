@@ -222,13 +222,9 @@ class CatalogReader:
         if not known:
             return []
         selective = [t for i, t in enumerate(known) if i < 3 or df[t] <= COMMON_SHARE * chunks]
-        rows = self.conn.execute(
-            "SELECT c.paper_id, t.terms, c.text FROM "
-            "(SELECT rowid, terms, rank FROM chunk_terms WHERE chunk_terms MATCH ? ORDER BY rank LIMIT ?) AS t "
-            "JOIN chunks c ON c.rowid = t.rowid JOIN papers p ON p.id = c.paper_id "
-            "WHERE p.added <= ? AND (p.removed IS NULL OR p.removed > ?)",
-            (" OR ".join(f'"{t}"' for t in selective), max(RERANK_POOL, limit), self.generation, self.generation),
-        ).fetchall()
+        rows = self._candidates(selective, max(RERANK_POOL, limit))
+        if len(rows) < limit and len(selective) < len(known):  # too few chunks hold a rare term: use them all
+            rows = self._candidates(known, max(RERANK_POOL, limit))
         idf = {t: math.log(1 + (chunks - df.get(t, 0) + 0.5) / (df.get(t, 0) + 0.5)) for t in terms}
         scored = []
         for pid, indexed, text in rows:
@@ -239,6 +235,16 @@ class CatalogReader:
             scored.append((pid, score, text))
         scored.sort(key=lambda r: -r[1])
         return scored[:limit]
+
+    def _candidates(self, terms: list[str], pool: int) -> list:
+        """(paper_id, indexed terms, text) of the best chunks by FTS5 for any of `terms`, visible papers only."""
+        return self.conn.execute(
+            "SELECT c.paper_id, t.terms, c.text FROM "
+            "(SELECT rowid, terms, rank FROM chunk_terms WHERE chunk_terms MATCH ? ORDER BY rank LIMIT ?) AS t "
+            "JOIN chunks c ON c.rowid = t.rowid JOIN papers p ON p.id = c.paper_id "
+            "WHERE p.added <= ? AND (p.removed IS NULL OR p.removed > ?)",
+            (" OR ".join(f'"{t}"' for t in terms), pool, self.generation, self.generation),
+        ).fetchall()
 
     def stats(self) -> tuple[int, float]:
         """(chunks, mean terms per chunk) of the whole catalog, for BM25 (read once per reader)."""
