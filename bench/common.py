@@ -49,7 +49,13 @@ def worker_env() -> dict:
     """The environment of a user running `rag`: offline, no telemetry, default settings (no RAG_* variables)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}
     env.update(HF_HUB_OFFLINE="1", ANONYMIZED_TELEMETRY="False")
+    if CHROMA_URL:
+        env["RAG_CHROMA_URL"] = CHROMA_URL  # bench/run.py --chroma-server: the same runs against a Chroma server
     return env
+
+
+CHROMA_URL = ""  # set by bench/run.py --chroma-server
+CHROMA_DIR = Path()
 
 
 def run_worker(task: str, *args, workdir: Path) -> dict:

@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import common
 from common import RESULTS, ROOT, dir_mb, machine, ms, ratio, run_worker, save, secs, table
 
 SECTIONS = ("indexing", "query", "quality", "scale")
@@ -44,8 +45,6 @@ def measure_scale(work: Path, index_dir: Path, embed_rate: float, sizes: list[in
     """Per corpus size: make the synthetic corpus, build it (one process), search it (another process)."""
     import synth
 
-    from rag import storage
-
     runs = []
     for size in sizes:
         t = time.perf_counter()
@@ -53,8 +52,12 @@ def measure_scale(work: Path, index_dir: Path, embed_rate: float, sizes: list[in
         made = time.perf_counter() - t
         target = work / f"scale-{size}"
         build = run_worker("scale-build", work / f"corpus-{size}", target, corpus["vectors"], workdir=work)
-        disk = dir_mb(storage.current_generation(target))
+        disk = dir_mb(target) + (dir_mb(common.CHROMA_DIR) if common.CHROMA_URL else 0.0)
         search = run_worker("scale-search", target, workdir=work)
+        add = {
+            n: run_worker("scale-add", work / f"corpus-{size}", target, corpus["vectors"], n, workdir=work)
+            for n in (1, 1000)
+        }
         r = build["report"]
         pipeline = r["seconds"] - r["embed_seconds"]  # everything but setting the (synthetic) vectors
         est_embed = r["chunks"] / embed_rate
@@ -67,6 +70,7 @@ def measure_scale(work: Path, index_dir: Path, embed_rate: float, sizes: list[in
                 "build": build,
                 "disk_mb": disk,
                 "search": search,
+                "add": add,
                 "pipeline_seconds": pipeline,
                 "est_embed_seconds": est_embed,
                 "papers_per_s_without_embedding": r["papers"] / pipeline,
@@ -215,6 +219,7 @@ def render_scale(d: dict) -> str:
             f"{r['store_seconds']:.0f} s", f"{r['bm25_seconds']:.0f} s", f"{s['disk_mb']:.0f} MB",
             f"{build['peak_rss_mb']:.0f} MB", ratio(s["disk_mb"], b["disk_mb"]),
             ratio(build["peak_rss_mb"], b["build"]["peak_rss_mb"]),
+            *(secs(s["add"][n]["add_seconds"]) if "add" in s else "–" for n in ("1", "1000")),
         ])  # fmt: skip
         search_rows.append([
             f"{s['papers']:,}", ms(h["hybrid"]["p50"]), ms(h["hybrid"]["p95"]), ms(h["dense"]["p50"]),
@@ -225,6 +230,7 @@ def render_scale(d: dict) -> str:
         ])  # fmt: skip
     build_headers = ["papers", "chunks", "build process", "papers/s w/o embedding", "papers/s with embedding (extrap.)"]
     build_headers += ["Chroma add", "BM25", "disk", "build peak RSS", f"disk vs {first}", f"RSS vs {first}"]
+    build_headers += ["add 1 paper", "add 1,000 papers"]
     search_headers = ["papers", "hybrid p50", "hybrid p95", "dense p50", "bm25 p50", "open", "search peak RSS"]
     search_headers += ["dev R@10", f"hybrid p50 vs {first}", f"RSS vs {first}"]
     return "\n\n".join([
@@ -298,12 +304,46 @@ def render_all(suffix: str) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def start_chroma(work: Path):
+    """A `chroma run` server on a free local port; the workers use it through RAG_CHROMA_URL."""
+    import socket
+    import subprocess
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    common.CHROMA_DIR = work / "chroma-server"
+    chroma = Path(sys.executable).parent / "chroma"
+    proc = subprocess.Popen(
+        [str(chroma), "run", "--path", str(common.CHROMA_DIR), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    common.CHROMA_URL = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(f"{common.CHROMA_URL}/api/v2/heartbeat", timeout=1)
+            return proc
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("chroma run did not start")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="scale 1k and 10k only, 6 answers")
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     parser.add_argument("--keep", action="store_true", help="keep the temporary indexes")
+    parser.add_argument(
+        "--chroma-server", action="store_true", help="scale section against a local `chroma run` server"
+    )
+    parser.add_argument("--sizes", default="", help="scale corpus sizes, e.g. 1000,10000")
+    parser.add_argument(
+        "--reuse-index", default="", help="a built bundled index (rag index --json report beside it as report.json)"
+    )
     args = parser.parse_args()
     sections = [s for s in args.sections.split(",") if s and not (args.skip_scale and s == "scale")]
     suffix = "-quick" if args.quick else ""
@@ -317,7 +357,11 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="rag-bench-"))
     started = time.perf_counter()
     try:
-        idx = {"machine": info, **measure_indexing(work)}  # every other section uses this fresh index
+        if args.reuse_index:  # e.g. the scale section alone on a busy machine
+            report = json.loads((Path(args.reuse_index) / "report.json").read_text())
+            idx = {"machine": info, "index_dir": args.reuse_index, "plain_dir": "", "ours_cold": {"report": report}}
+        else:
+            idx = {"machine": info, **measure_indexing(work)}  # every other section uses this fresh index
         if "indexing" in sections:
             save("indexing" + suffix, idx)
         index_dir, plain_dir = idx["index_dir"], idx["plain_dir"]
@@ -336,11 +380,17 @@ def main() -> int:
         if "scale" in sections:
             r = idx["ours_cold"]["report"]
             sizes = [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000]
+            if args.sizes:
+                sizes = [int(s) for s in args.sizes.split(",")]
+            server = start_chroma(work) if args.chroma_server else None
             data = {
                 "machine": machine(),
                 **measure_scale(work, Path(index_dir), r["chunks"] / r["embed_seconds"], sizes),
             }
-            save("scale" + suffix, data)
+            if server:
+                server.kill()
+                data["chroma"] = "server"
+            save("scale" + ("-server" if server else "") + suffix, data)
             plot_scale(data, RESULTS / "scale-quick.png" if args.quick else ROOT / "docs" / "scale.png")
     finally:
         if not args.keep:

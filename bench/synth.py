@@ -22,21 +22,18 @@ NOISE = 0.01  # per dimension: cosine ~0.98 between a synthetic chunk and its ba
 FILE_PAPERS = 10_000
 
 
-def real_index(index_dir: Path) -> tuple[list[dict], dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(papers, chunk id -> vector, paper id -> mean chunk vector) of a built bundled index."""
+def real_index(index_dir: Path) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """(papers, paper id -> paper vector) of a built bundled index (the vectors its Chroma collection holds)."""
     from rag import storage
-    from rag.index import CHUNKS, open_vector_store
+    from rag.search import Searcher
+    from rag.settings import Settings
 
-    gen = storage.current_generation(index_dir)
-    papers = storage.read_jsonl(gen / "papers.jsonl")
-    _, collection = open_vector_store(gen / "chroma", CHUNKS)
-    got = collection.get(include=["embeddings", "metadatas"])
-    chunks = {cid: np.asarray(vec, dtype=np.float32) for cid, vec in zip(got["ids"], got["embeddings"], strict=True)}
-    by_paper: dict[str, list[np.ndarray]] = {}
-    for cid, meta in zip(got["ids"], got["metadatas"], strict=True):
-        by_paper.setdefault(meta["paper_id"], []).append(chunks[cid])
-    paper_vecs = {pid: unit(np.mean(vecs, axis=0)) for pid, vecs in by_paper.items()}
-    return papers, chunks, paper_vecs
+    searcher = Searcher(Settings(index_dir=index_dir))
+    papers = list(searcher.papers.values())
+    got = searcher.vectors.collection.get(include=["embeddings"], limit=len(papers) + 1000)
+    vectors = {pid: np.asarray(vec, dtype=np.float32) for pid, vec in zip(got["ids"], got["embeddings"], strict=True)}
+    assert storage.read_manifest(index_dir)["papers"] == len(vectors)
+    return papers, vectors
 
 
 def unit(v: np.ndarray) -> np.ndarray:
@@ -48,7 +45,7 @@ def make_corpus(real_index_dir: Path, size: int, out_dir: Path) -> dict:
     from rag.corpus import paper_id
     from rag.sentences import split_sentences
 
-    papers, chunks, paper_vecs = real_index(real_index_dir)
+    papers, paper_vecs = real_index(real_index_dir)
     rng = random.Random(SEED)
     sentences = {p["id"]: split_sentences(p["abstract"]) for p in papers}
     lengths = [len(s) for s in sentences.values()]
@@ -72,11 +69,11 @@ def make_corpus(real_index_dir: Path, size: int, out_dir: Path) -> dict:
     if records:
         write_jsonl(out_dir / f"synth-{len(synth_ids) // FILE_PAPERS:02d}.jsonl", records)
     vectors = out_dir.parent / f"{out_dir.name}-vectors.npz"
-    dim = len(next(iter(chunks.values())))
+    dim = len(next(iter(paper_vecs.values())))
     np.savez(
         vectors,
-        chunk_ids=np.array(list(chunks)),
-        chunk_vecs=np.array(list(chunks.values())),
+        real_ids=np.array(list(paper_vecs)),
+        real_vecs=np.array(list(paper_vecs.values())),
         paper_ids=np.array(synth_ids),
         paper_vecs=np.array(synth_vecs, dtype=np.float32).reshape(-1, dim),
     )
@@ -87,19 +84,40 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
+def add_records(n: int, serial: int) -> list[dict]:
+    """n new papers to add to a built synthetic index: bundled abstracts under new titles (vectors: vector_assigner)."""
+    from rag.corpus import parse_file
+    from rag.index import BUNDLED_DIR
+
+    rng = random.Random(SEED + serial)
+    pool = [p for f in sorted(BUNDLED_DIR.glob("*.txt")) for p in parse_file(f)]
+    picks = [rng.choice(pool) for _ in range(n)]
+    return [
+        {"title": f"Added Study {serial}-{i:05d}: {p.title}", "abstract": p.abstract + f" (Added {serial}-{i}.)"}
+        for i, p in enumerate(picks)
+    ]
+
+
 def vector_assigner(vectors_path: str):
-    """A stand-in for rag.index.embed_nodes that sets each node's vector from vectors.npz (same signature)."""
+    """A stand-in for rag.index.embed_nodes that sets each chunk's vector from vectors.npz (same signature): a
+    bundled paper's chunks get its real paper vector (so its mean is the real one), a synthetic paper's chunks its
+    derived vector plus noise, any other paper (added by the bench) a noisy copy of a random real paper's vector."""
     data = np.load(vectors_path)
-    real = dict(zip(data["chunk_ids"].tolist(), data["chunk_vecs"], strict=True))
+    real = dict(zip(data["real_ids"].tolist(), data["real_vecs"], strict=True))
     base = dict(zip(data["paper_ids"].tolist(), data["paper_vecs"], strict=True))
     rng = np.random.default_rng(SEED)
-    dim = data["chunk_vecs"].shape[1]
+    dim = data["real_vecs"].shape[1]
+    real_list = list(real.values())
 
-    def embed_nodes(nodes: list, embedder, batch_size: int, progress: bool) -> None:
+    def embed_nodes(nodes: list, embedder, batch_size: int) -> None:
         for node in nodes:
-            vec = real.get(node.node_id)
+            pid = node.metadata["paper_id"]
+            vec = real.get(pid)
             if vec is None:
-                vec = unit(base[node.metadata["paper_id"]] + rng.normal(0.0, NOISE, dim))
+                seed = base.get(pid)
+                if seed is None:
+                    seed = real_list[int(rng.integers(len(real_list)))]
+                vec = unit(seed + rng.normal(0.0, NOISE, dim))
             node.embedding = vec.astype(np.float32).tolist()
 
     return embed_nodes

@@ -208,10 +208,26 @@ def scale_build(corpus_dir: str, index_dir: str, vectors: str) -> dict:
     imported = time.perf_counter()
     report = rag.index.build_index(Settings(index_dir=Path(index_dir)), [corpus_dir], progress=False)
     return {
+        "chroma": Settings().chroma_url or "embedded",
         "import_seconds": imported - STARTED,
         "build_seconds": time.perf_counter() - imported,
         "report": report.to_dict(),
     }
+
+
+def scale_add(corpus_dir: str, index_dir: str, vectors: str, n: str) -> dict:
+    """Time to add n new papers to a built synthetic index (one `rag index FILE` as a user runs it)."""
+    import synth
+
+    import rag.index
+    from rag.settings import Settings
+
+    rag.index.embed_nodes = synth.vector_assigner(vectors)
+    path = Path(corpus_dir) / f"added-{n}.jsonl"
+    synth.write_jsonl(path, synth.add_records(int(n), serial=int(n)))
+    t = time.perf_counter()
+    report = rag.index.build_index(Settings(index_dir=Path(index_dir)), [path], progress=False)
+    return {"add_seconds": time.perf_counter() - t, "report": report.to_dict()}
 
 
 def scale_search(index_dir: str) -> dict:
@@ -243,6 +259,7 @@ TASKS = {
     "query": query,
     "quality": quality,
     "scale-build": scale_build,
+    "scale-add": scale_add,
     "scale-search": scale_search,
 }
 

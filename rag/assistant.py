@@ -43,7 +43,15 @@ LLM_FIELDS = {
     "llm_context",
     "llm_parallel",
 } | {f for f in Settings.model_fields if f.startswith("openai_")}
-INDEX_FIELDS = {"index_dir", "embed_model", "candidates"}
+INDEX_FIELDS = {
+    "index_dir",
+    "embed_model",
+    "embed_runtime",
+    "candidates",
+    "chroma_url",
+    "chroma_token",
+    "chroma_headers",
+}
 FRESHNESS_CHECK_SECONDS = 1.0  # how often a request may look for a newly published index generation
 WARM_QUESTION = "Which papers improve large language models?"
 
@@ -85,8 +93,7 @@ def load(setup: Setup, strict: bool = False) -> Setup:
 def open_searcher(settings: Settings) -> Searcher:
     """A Searcher with its retrievers built and models loaded, ready to answer at full speed."""
     searcher = Searcher(settings)
-    searcher.dense_retriever()
-    searcher.bm25_retriever()
+    searcher.search(WARM_QUESTION, k=1)  # loads the paper vectors, the BM25 tables and the embedding model
     return searcher
 
 
@@ -220,7 +227,9 @@ class Assistant:
         deadline = Deadline(self.settings.llm_deadline)  # starts when asked
         setup = self.loaded_setup() if generate else self._setup
         backend = setup.describe() if generate else EVIDENCE_ONLY
-        embedder = load_embedder(setup.settings.embed_model, setup.settings.embed_batch_size)
+        embedder = load_embedder(
+            setup.settings.embed_model, setup.settings.embed_batch_size, setup.settings.embed_runtime
+        )
         for item in answering.run(
             question,
             history,

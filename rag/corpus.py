@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import re
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -113,30 +113,48 @@ def make_paper(path: Path, line: int, rec: dict) -> Paper:
     )
 
 
-def read_text(path: Path) -> str:
-    """File text, refusing what is not a UTF-8 text file with one clear line."""
+def check_file(path: Path) -> int:
+    """The file's size, refusing what cannot be read or is empty with one clear line."""
     try:
         size = path.stat().st_size
     except OSError as e:
         raise CorpusError(path, None, f"cannot read: {e.strerror or e}") from None
     if size == 0:
         raise CorpusError(path, None, "file is empty")
-    if size > MAX_FILE_BYTES:
-        raise CorpusError(path, None, f"file is {size / 2**20:.0f} MB (at most {MAX_FILE_BYTES // 2**20} MB)")
-    data = path.read_bytes()
-    if b"\x00" in data[:8192]:
-        raise CorpusError(path, None, "binary file (NUL bytes), not a text corpus")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise CorpusError(path, line, f"not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
-    for number, line_text in enumerate(text.splitlines(), 1):
-        if len(line_text) > MAX_LINE_CHARS:
-            raise CorpusError(path, number, f"line is {len(line_text):,} characters (at most {MAX_LINE_CHARS:,})")
-    if not text.strip():
+    return size
+
+
+def read_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text with its newline) of a UTF-8 text file, read as a stream: any size, constant memory."""
+    check_file(path)
+    blank = True
+    with path.open("rb") as f:
+        if b"\x00" in f.read(8192):
+            raise CorpusError(path, None, "binary file (NUL bytes), not a text corpus")
+        f.seek(0)
+        for number, raw in enumerate(f, 1):
+            try:
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise CorpusError(path, number, f"not UTF-8 text (byte 0x{raw[e.start]:02x} in this line)") from None
+            if len(text) > MAX_LINE_CHARS:
+                raise CorpusError(
+                    path, number, f"line is {len(text.rstrip()):,} characters (at most {MAX_LINE_CHARS:,})"
+                )
+            blank = blank and not text.strip()
+            yield number, text
+    if blank:
         raise CorpusError(path, None, "file is empty")
-    return text
+
+
+def read_text(path: Path) -> str:
+    """Whole-file text for the formats that need it (a JSON array, BibTeX), at most MAX_FILE_BYTES."""
+    size = check_file(path)
+    if size > MAX_FILE_BYTES:
+        raise CorpusError(
+            path, None, f"file is {size / 2**20:.0f} MB (at most {MAX_FILE_BYTES // 2**20} MB; use JSON lines or CSV)"
+        )
+    return "".join(text for _, text in read_lines(path))
 
 
 # --- page scrape -----------------------------------------------------------------------------------------------
@@ -153,7 +171,7 @@ DATE_LINE = re.compile(r"^(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]
 
 def parse_scrape(path: Path) -> list[Paper]:
     lines = []
-    for number, raw in enumerate(read_text(path).splitlines(), 1):
+    for number, raw in read_lines(path):
         text = raw.strip()
         if not text or text.lower() in CHROME_LINES or DATE_LINE.match(text):
             continue
@@ -182,46 +200,55 @@ def parse_scrape(path: Path) -> list[Paper]:
 
 
 def parse_json(path: Path) -> list[Paper]:
-    text = read_text(path)
-    stripped = text.lstrip()
-    records: list[tuple[int, object]] = []
-    if stripped.startswith("["):
+    """A JSON array (read whole, at most MAX_FILE_BYTES) or JSON lines (streamed: any size, e.g. the arXiv
+    metadata snapshot)."""
+    head = ""
+    for _, text in read_lines(path):
+        head = text.strip()
+        if head:
+            break
+    papers = []
+    if head.startswith("["):
+        text = read_text(path)
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise CorpusError(path, e.lineno, f"invalid JSON: {e.msg}") from None
         # line numbers of array items are not kept by json; report the item's position instead
-        records = [(n, rec) for n, rec in enumerate(data, 1)]
-        where = "item"
+        papers = [json_paper(path, number, rec, "item") for number, rec in enumerate(data, 1)]
     else:
-        for number, line in enumerate(text.splitlines(), 1):
+        for number, line in read_lines(path):
             if not line.strip():
                 continue
             try:
-                records.append((number, json.loads(line)))
+                rec = json.loads(line)
             except json.JSONDecodeError as e:
                 raise CorpusError(path, number, f"invalid JSON line: {e.msg}") from None
-        where = "line"
-    papers = []
-    for number, rec in records:
-        if not isinstance(rec, dict):
-            raise CorpusError(path, number, f"{where} {number} is not a JSON object")
-        for key in ("title", "abstract"):
-            if key not in rec:
-                raise CorpusError(path, number, f"{where} {number} has no {key!r} field")
-        papers.append(make_paper(path, number, rec))
+            papers.append(json_paper(path, number, rec, "line"))
     if not papers:
         raise CorpusError(path, None, "no records found")
     return papers
+
+
+def json_paper(path: Path, number: int, rec, where: str) -> Paper:
+    if not isinstance(rec, dict):
+        raise CorpusError(path, number, f"{where} {number} is not a JSON object")
+    for key in ("title", "abstract"):
+        if key not in rec:
+            raise CorpusError(path, number, f"{where} {number} has no {key!r} field")
+    return make_paper(path, number, rec)
 
 
 # --- CSV -------------------------------------------------------------------------------------------------------
 
 
 def parse_csv(path: Path) -> list[Paper]:
-    text = read_text(path)
-    reader = csv.DictReader(io.StringIO(text))
-    columns = {c.strip().lower() for c in reader.fieldnames or []}
+    """CSV with a header, streamed (any size)."""
+    reader = csv.DictReader(text for _, text in read_lines(path))
+    try:
+        columns = {c.strip().lower() for c in reader.fieldnames or []}
+    except csv.Error as e:
+        raise CorpusError(path, reader.line_num, f"invalid CSV: {e}") from None
     missing = {"title", "abstract"} - columns
     if missing:
         raise CorpusError(path, 1, f"header has no {' or '.join(sorted(missing))} column")
@@ -239,59 +266,95 @@ def parse_csv(path: Path) -> list[Paper]:
 
 # --- BibTeX ----------------------------------------------------------------------------------------------------
 
-BIB_ENTRY = re.compile(r"@(\w+)\s*\{", re.M)
-BIB_FIELD = re.compile(r"\s*([\w\-]+)\s*=\s*", re.M)
+
+def _bib_concatenate(value: str, strings: dict[str, str]) -> str:
+    """A raw (unenclosed) BibTeX value: `macro # "text" # {text} # 2021` -> the joined text."""
+    parts, depth, quoted, current = [], 0, False, ""
+    for ch in value:
+        if ch == "#" and depth == 0 and not quoted:
+            parts.append(current)
+            current = ""
+            continue
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        if ch == '"' and depth == 0:
+            quoted = not quoted
+        current += ch
+    parts.append(current)
+    out = []
+    for part in (p.strip() for p in parts):
+        if len(part) >= 2 and part[0] + part[-1] in ('""', "{}"):
+            out.append(part[1:-1])
+        else:
+            out.append(strings.get(part.lower(), part))
+    return "".join(out)
 
 
-def _bib_value(body: str, pos: int) -> tuple[str, int]:
-    """Read one field value ({...}, "..." or a bare word) starting at pos; returns (value, end)."""
-    if body[pos] == "{":
-        depth, i = 0, pos
-        while i < len(body):
-            depth += {"{": 1, "}": -1}.get(body[i], 0)
-            if depth == 0:
-                return body[pos + 1 : i], i + 1
-            i += 1
-        raise ValueError("unbalanced braces")
-    if body[pos] == '"':
-        end = body.find('"', pos + 1)
-        if end < 0:
-            raise ValueError("unterminated quote")
-        return body[pos + 1 : end], end + 1
-    m = re.match(r"[^,\s}]+", body[pos:])
-    return (m.group(0) if m else ""), pos + (m.end() if m else 0)
+def _bib_middlewares():
+    """bibtexparser v2 parse stack: @string macros and `#` concatenation resolved, enclosing removed, LaTeX decoded
+    to Unicode (a bare % is text in an abstract, not a LaTeX comment)."""
+    from bibtexparser import middlewares as mw
+    from bibtexparser.library import Library
+
+    class ResolveStrings(mw.LibraryMiddleware):
+        """bibtexparser's ResolveStringReferencesMiddleware resolves a lone macro only, not `a # b`."""
+
+        def transform(self, library: Library) -> Library:
+            strings = {}
+            for key, s in library.strings_dict.items():  # a macro may use earlier ones
+                strings[key.lower()] = _bib_concatenate(s.value, strings) if "#" in s.value else s.value.strip('{}"')
+            for entry in library.entries:
+                for f in entry.fields:
+                    if isinstance(f.value, str):
+                        f.value = _bib_concatenate(f.value, strings)  # also removes the enclosing {} or ""
+            return library
+
+    class KeepPercent(mw.BlockMiddleware):
+        def transform_entry(self, entry, library):
+            for f in entry.fields:
+                if isinstance(f.value, str):
+                    f.value = re.sub(r"(?<!\\)%", r"\\%", f.value)
+            return entry
+
+    return [
+        ResolveStrings(),
+        KeepPercent(),
+        mw.LatexDecodingMiddleware(),
+    ]
+
+
+def bib_name(name: str) -> str:
+    """ "Last, First" -> "First Last" (BibTeX's two name forms, one way of showing them)."""
+    last, _, first = name.partition(",")
+    return f"{first.strip()} {last.strip()}" if first.strip() else name.strip()
 
 
 def parse_bibtex(path: Path) -> list[Paper]:
+    """BibTeX through bibtexparser v2; entries without an abstract are skipped and counted."""
+    import logging
+
+    import bibtexparser
+
     text = read_text(path)
+    logger = logging.getLogger("bibtexparser")
+    level, logger.level = logger.level, logging.CRITICAL  # a broken entry becomes our one-line error instead
+    try:
+        library = bibtexparser.parse_string(text, parse_stack=_bib_middlewares())
+    finally:
+        logger.setLevel(level)
+    if library.failed_blocks:
+        block = library.failed_blocks[0]
+        why = getattr(getattr(block, "error", None), "abort_reason", "") or "syntax error"
+        raise CorpusError(path, block.start_line + 1, f"malformed entry: {why}")
     papers, skipped = [], 0
-    for m in BIB_ENTRY.finditer(text):
-        if m.group(1).lower() in ("comment", "string", "preamble"):
-            continue
-        line = text.count("\n", 0, m.start()) + 1
-        pos = text.find(",", m.end())
-        if pos < 0:
-            raise CorpusError(path, line, "entry has no key")
-        fields: dict[str, str] = {}
-        try:
-            while True:
-                f = BIB_FIELD.match(text, pos + 1)
-                if not f:
-                    break
-                value, pos = _bib_value(text, f.end())
-                fields[f.group(1).lower()] = re.sub(r"[{}]", "", value)
-                while pos < len(text) and text[pos] in " \t\r\n":
-                    pos += 1
-                if pos >= len(text) or text[pos] != ",":
-                    break
-        except (ValueError, IndexError) as e:
-            raise CorpusError(path, line, f"malformed entry: {e}") from None
-        if "abstract" not in fields:
+    for entry in library.entries:
+        fields = {f.key.lower(): normalize(str(f.value)) for f in entry.fields}
+        if not fields.get("abstract"):
             skipped += 1
             continue
+        fields["authors"] = ", ".join(bib_name(a) for a in fields.pop("author", "").split(" and ") if a.strip())
         arxiv = fields.get("eprint", "") if fields.get("archiveprefix", "").lower() == "arxiv" else ""
         rec = {**fields, "id": arxiv, "url": fields.get("url", "")}
-        papers.append(make_paper(path, line, rec))
+        papers.append(make_paper(path, entry.start_line + 1, rec))
     if not papers:
         why = f" ({skipped} entries without an abstract field)" if skipped else ""
         raise CorpusError(path, None, f"no BibTeX entries with an abstract{why}")

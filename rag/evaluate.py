@@ -11,6 +11,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from rag.citations import parse_markers
@@ -281,7 +282,7 @@ def evaluate(
 def missing_gold(assistant, questions: list[dict]) -> list[str]:
     """Gold titles that are not in the index at all (a question set for another corpus), when the index is known."""
     papers = getattr(getattr(assistant, "searcher", None), "papers", None)
-    if not isinstance(papers, dict):
+    if not isinstance(papers, Mapping):
         return []
     indexed = {title_key(p["title"]) for p in papers.values()}
     return sorted({t for q in questions for t in q.get("gold_titles") or [] if title_key(t) not in indexed})

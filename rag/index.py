@@ -1,23 +1,30 @@
-"""`rag index`: corpus files -> chunks -> embeddings in Chroma, plus BM25 beside it; incremental and crash-safe."""
+"""`rag index`: corpus files -> chunks -> embeddings in Chroma, BM25 in the catalog; incremental and crash-safe.
+
+An update writes in place, batch by batch: new and changed papers are chunked, embedded and written (paper vectors
+to Chroma, papers and chunk texts to the catalog) in batches of RAG_INDEX_BATCH_PAPERS papers, each committed;
+removed papers are marked; then the manifest naming the new generation is published, last. Until then search shows
+the previous generation. A killed build leaves its finished batches behind, invisible; the next build keeps them (no
+re-embedding) and finishes the job, or deletes them when they are no longer wanted.
+"""
 
 from __future__ import annotations
 
-import json
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rag import storage
+from rag.catalog import Catalog
 from rag.corpus import CorpusError, Paper, corpus_files, merge, parse_file, title_key
 from rag.models import embed_model_label, load_embedder
 from rag.sentences import split_sentences
 from rag.settings import Settings
+from rag.vectors import PaperVectors, drop_collection
 
 BUNDLED_SOURCE = "bundled:hf-papers"
 BUNDLED_DIR = Path(__file__).parent / "data" / "hf-papers"
-CHUNKS, PAPERS = "chunks", "papers"  # Chroma collections: chunk vectors, and one vector per paper
+FORMAT = 2  # manifest format: 2 = stores written in place (1 was the generation-copy layout)
 CHUNK_OVERLAP = 0  # chunks end on sentence boundaries; an overlap added 15% more tokens to embed for no recall
 META_KEYS = ("paper_id", "title", "url", "source")
 
@@ -53,35 +60,49 @@ class IndexReport:
         )
 
 
-def resolve_source(source: str) -> Path:
-    return BUNDLED_DIR if source == BUNDLED_SOURCE else Path(source)
+def resolve_source(source: str, index_dir: Path) -> Path:
+    """A recorded source -> its path: the bundled corpus, a path relative to the index directory, or a full path."""
+    if source == BUNDLED_SOURCE:
+        return BUNDLED_DIR
+    path = Path(source)
+    return path if path.is_absolute() else Path(index_dir).resolve() / path
 
 
-def source_label(path: str | Path) -> str:
+def source_label(path: str | Path, index_dir: Path) -> str:
+    """What the manifest records for a source: paths inside the index directory (uploads) relative to it, so moving
+    the index directory keeps them; other paths in full."""
     path = Path(path).resolve()
-    return BUNDLED_SOURCE if path == BUNDLED_DIR.resolve() else str(path)
-
-
-def read_manifest(gen: Path | None) -> dict:
-    return json.loads((gen / "manifest.json").read_text()) if gen else {}
+    if path == BUNDLED_DIR.resolve():
+        return BUNDLED_SOURCE
+    try:
+        return str(path.relative_to(Path(index_dir).resolve()))
+    except ValueError:
+        return str(path)
 
 
 def check_model(manifest: dict, settings: Settings) -> None:
-    built_with, wanted = manifest.get("embed_model"), embed_model_label(settings.embed_model)
+    built_with = manifest.get("embed_model")
+    wanted = embed_model_label(settings.embed_model, settings.embed_runtime)
     if built_with and built_with != wanted:
         raise IndexingError(
             f"the index in {settings.index_dir} was built with the embedding model {built_with!r} "
-            f"but RAG_EMBED_MODEL is {wanted!r}: run `rag index --rebuild`"
+            f"but RAG_EMBED_MODEL / RAG_EMBED_RUNTIME give {wanted!r}: run `rag index --rebuild`"
         )
 
 
-def load_papers(sources: list[str], skip_bad: bool) -> tuple[list[Paper], list[str], list[str]]:
+def load_papers(
+    sources: list[str], skip_bad: bool, index_dir: Path = Path(".")
+) -> tuple[list[Paper], list[str], list[str]]:
     """Parse every file of the sources; returns (merged papers, bad-file lines, notes). Raises CorpusError."""
     papers, bad = [], []
     for source in sources:
-        for path in corpus_files([resolve_source(source)]):
+        root = resolve_source(source, index_dir)
+        for path in corpus_files([root]):
             try:
-                papers += parse_file(path)
+                shown = source if path == root else f"{source}/{path.relative_to(root).as_posix()}"
+                for paper in parse_file(path):
+                    paper.source = shown  # distinct for same-named files in different folders
+                    papers.append(paper)
             except CorpusError as e:
                 if not skip_bad:
                     raise
@@ -99,11 +120,10 @@ def chunk_papers(papers: list[Paper], embedder, chunk_tokens: int) -> list:
     from llama_index.core import Document
     from llama_index.core.node_parser import SentenceSplitter
 
-    tokenizer = embedder.tokenizer
     splitter = SentenceSplitter(
         chunk_size=chunk_tokens - 4,
         chunk_overlap=CHUNK_OVERLAP,
-        tokenizer=lambda text: tokenizer.encode(text, add_special_tokens=False),
+        tokenizer=embedder.token_ids,  # thread-safe, unlike a shared transformers tokenizer
         chunking_tokenizer_fn=split_sentences,  # instead of NLTK punkt: 1.6 s less import per cold index
         id_func=lambda i, doc: f"{doc.id_}-{i}",
         include_prev_next_rel=False,
@@ -122,73 +142,9 @@ def chunk_papers(papers: list[Paper], embedder, chunk_tokens: int) -> list:
     return splitter.get_nodes_from_documents(docs)
 
 
-def embed_nodes(nodes: list, embedder, batch_size: int, progress: bool) -> None:
-    """Set node.embedding for every node, longest texts batched together, with a progress bar."""
-    from llama_index.core.schema import MetadataMode
-    from tqdm import tqdm
-
-    order = sorted(range(len(nodes)), key=lambda i: len(nodes[i].get_content(MetadataMode.EMBED)))
-    with tqdm(total=len(nodes), desc="Embedding", unit="chunk", disable=not progress, file=sys.stderr) as bar:
-        with bf16_if_fast():
-            for start in range(0, len(order), batch_size):
-                batch = [nodes[i] for i in order[start : start + batch_size]]
-                vectors = embedder.get_text_embedding_batch([n.get_content(MetadataMode.EMBED) for n in batch])
-                for node, vector in zip(batch, vectors):
-                    node.embedding = vector
-                bar.update(len(batch))
-
-
-def bf16_if_fast():
-    """bfloat16 autocast where the CPU computes it natively (AVX512-BF16/AMX): 1.75x faster indexing here, and
-    every vector within cosine 0.99997 of the float32 one (bench: 256 bundled abstracts). Elsewhere float32."""
-    import contextlib
-
-    import torch
-
-    if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def chroma_client(path: Path):
-    import chromadb
-
-    return chromadb.PersistentClient(path=str(path), settings=chromadb.Settings(anonymized_telemetry=False))
-
-
-def open_vector_store(path: Path, name: str):
-    from llama_index.vector_stores.chroma import ChromaVectorStore
-
-    collection = chroma_client(path).get_or_create_collection(name, metadata={"hnsw:space": "cosine"})
-    return ChromaVectorStore(chroma_collection=collection), collection
-
-
-def build_bm25(nodes: list, path: Path, top_k: int):
-    import Stemmer
-    from llama_index.retrievers.bm25 import BM25Retriever
-
-    retriever = BM25Retriever.from_defaults(
-        nodes=nodes, similarity_top_k=min(top_k, len(nodes)), stemmer=Stemmer.Stemmer("english"), language="english"
-    )
-    retriever.persist(str(path))
-    return retriever
-
-
-def all_nodes(collection, page: int = 10_000) -> list:
-    """Every chunk stored in Chroma, as llama-index nodes (for BM25), read in pages: one `get()` of every record
-    fails above ~32k chunks ("too many SQL variables", found by bench/run.py at 100k papers)."""
-    from llama_index.core.vector_stores.utils import metadata_dict_to_node
-
-    nodes = []
-    for offset in range(0, collection.count(), page):
-        got = collection.get(include=["metadatas", "documents"], limit=page, offset=offset)
-        nodes += [metadata_dict_to_node(meta, text) for meta, text in zip(got["metadatas"], got["documents"])]
-    return nodes
-
-
 def diff(old: dict[str, dict], new: list[Paper]) -> tuple[list[Paper], list[Paper], list[str], list[Paper]]:
-    """(new papers, changed papers, removed ids, papers whose url/source changed only)."""
-    old_by_title = {title_key(p["title"]): pid for pid, p in old.items()}
+    """(new papers, changed papers, removed ids, papers whose url/source changed only) against the live papers."""
+    old_by_title = {p["title_key"]: pid for pid, p in old.items()}
     new_ids = {p.id for p in new}
     added, changed, relabelled = [], [], []
     for p in new:
@@ -214,118 +170,176 @@ def build_index(
 ) -> IndexReport:
     """Index the recorded sources plus `paths` (the bundled corpus when there is nothing yet).
 
-    Unchanged papers are not re-embedded, changed ones replaced, removed ones deleted. The result is published
-    as a new generation only when complete.
+    Unchanged papers are not re-embedded, changed ones replaced, removed ones deleted; the new state is published
+    by writing the manifest, last.
     """
     started = time.perf_counter()
-    index_dir = settings.index_dir
-    report = IndexReport(index_dir=str(index_dir), embed_model=embed_model_label(settings.embed_model))
+    index_dir = Path(settings.index_dir)
+    label = embed_model_label(settings.embed_model, settings.embed_runtime)
+    report = IndexReport(index_dir=str(index_dir), embed_model=label)
     with storage.build_lock(index_dir):
-        gen = None if rebuild else storage.current_generation(index_dir)
-        manifest = read_manifest(gen)
-        if gen:
-            check_model(manifest, settings)
-        sources = list(manifest.get("sources", []))
+        live = storage.read_manifest(index_dir)
+        if live and not rebuild:
+            check_model(live, settings)
+        sources = list(live.get("sources", []))
+        if not live and storage.legacy_layout(index_dir):
+            sources = storage.legacy_sources(index_dir)
+            report.notes.append("the index was in the old layout: rebuilt in the new one")
+        for recorded in clean_unfinished(settings, live):  # what a killed build was asked to add: finish it
+            if recorded not in sources and resolve_source(recorded, index_dir).exists():
+                sources.append(recorded)
         for p in paths or []:
-            label = source_label(p)
-            if not Path(resolve_source(label)).exists():
+            if not Path(p).exists():
                 raise CorpusError(p, None, "no such file or folder")
-            if label not in sources:
-                sources.append(label)
+            recorded = source_label(p, index_dir)
+            if recorded not in sources:
+                sources.append(recorded)
         if not sources:
             sources = [BUNDLED_SOURCE]
-        missing = [s for s in sources if not resolve_source(s).exists()]
+        missing = [s for s in sources if not resolve_source(s, index_dir).exists()]
         for s in missing:
             report.notes.append(f"{s} no longer exists: its papers are removed from the index")
-        papers, report.bad_files, notes = load_papers([s for s in sources if s not in missing], skip_bad)
+        papers, report.bad_files, notes = load_papers([s for s in sources if s not in missing], skip_bad, index_dir)
         report.notes += notes
-        old = {p["id"]: p for p in storage.read_jsonl(gen / "papers.jsonl")} if gen else {}
-        added, changed, removed, relabelled = diff(old, papers)
-        report.papers, report.new, report.changed = len(papers), len(added), len(changed)
-        report.removed = len(removed) - len(changed)
-        report.metadata_updated = len(relabelled)
-        if gen and not (added or changed or removed or relabelled) and sources == manifest["sources"]:
-            report.chunks = manifest["chunks"]
-            report.seconds = time.perf_counter() - started
-            return report
-        if not papers:
-            raise IndexingError("no papers to index: every source is gone or empty")
 
-        new_gen = storage.new_generation(index_dir)
+        fresh = rebuild or not live
+        store = storage.new_store_id() if fresh else live["store"]
+        live_gen = 0 if fresh else live["generation"]
+        generation = live_gen + 1
+        storage.mark_building(index_dir, store if fresh else None, sources)
+        catalog = Catalog(storage.catalog_path(index_dir, store))
         try:
-            report.chunks = _write_generation(
-                settings, gen, new_gen, papers, added + changed, removed, report, progress
-            )
-            storage.write_jsonl(new_gen / "papers.jsonl", [p.to_dict() for p in papers])
-            storage.write_json(
-                new_gen / "manifest.json",
+            catalog.undo_unpublished_removals(live_gen)
+            current = catalog.current()
+            visible = {pid: row for pid, row in current.items() if row["added"] <= live_gen}
+            added, changed, removed, relabelled = diff(visible, papers)
+            report.papers, report.new, report.changed = len(papers), len(added), len(changed)
+            report.removed = len(removed) - len(changed)
+            report.metadata_updated = len(relabelled)
+            wanted = {p.id for p in papers}
+            staged = [pid for pid, row in current.items() if row["added"] > live_gen]
+            if not fresh and not (added or changed or removed or relabelled or staged) and sources == live["sources"]:
+                storage.mark_building(index_dir, None)
+                report.chunks = live["chunks"]
+                report.seconds = time.perf_counter() - started
+                return report
+            if not papers:
+                raise IndexingError("no papers to index: every source is gone or empty")
+
+            vectors = PaperVectors(settings, storage.store_dir(index_dir, store), store)
+            unwanted = [pid for pid in staged if pid not in wanted]  # a killed build's papers no longer asked for
+            vectors.delete(unwanted)
+            catalog.purge(unwanted)
+            to_embed = [p for p in added + changed if p.id not in current]  # staged ones are embedded already
+            write_batches(settings, to_embed, catalog, vectors, generation, report, progress)
+            catalog.finish(generation, live_gen, removed, relabelled)
+            report.papers, report.chunks = catalog.counts(generation)
+            storage.publish(
+                index_dir,
                 {
-                    "embed_model": report.embed_model,
+                    "format": FORMAT,
+                    "store": store,
+                    "generation": generation,
+                    "embed_model": label,
                     "chunk_tokens": settings.chunk_tokens,
+                    "chroma": settings.chroma_url or "embedded",
                     "sources": sources,
-                    "papers": len(papers),
+                    "papers": report.papers,
                     "chunks": report.chunks,
                     "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 },
             )
-            storage.publish(index_dir, new_gen)
-        except BaseException:
-            shutil.rmtree(new_gen, ignore_errors=True)
-            raise
+            # Published. What follows only frees space; a kill here is cleaned up by the next build.
+            storage.mark_building(index_dir, None)
+            gone = catalog.removed_ids(generation)
+            vectors.delete(gone)
+            catalog.purge(gone)
+        finally:
+            catalog.close()
+        if fresh:
+            for old in storage.stale_stores(index_dir, store):
+                drop_store(settings, old)
+            storage.remove_legacy(index_dir)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _write_generation(settings, gen, new_gen, papers, to_embed, removed, report, progress) -> int:
-    """Fill new_gen from a copy of gen (if any): delete, embed and add, then rebuild BM25.
-
-    Titles, urls and sources are read from papers.jsonl at search time, so a paper whose url or source changed
-    needs nothing here.
-    """
-    if gen:
-        shutil.copytree(gen / "chroma", new_gen / "chroma")
-    chunk_store, chunks = open_vector_store(new_gen / "chroma", CHUNKS)
-    paper_store, paper_vectors = open_vector_store(new_gen / "chroma", PAPERS)
-    t = time.perf_counter()
-    for start in range(0, len(removed), 5000):  # Chroma's SQLite takes ~32k variables per statement
-        chunks.delete(where={"paper_id": {"$in": removed[start : start + 5000]}})
-        paper_vectors.delete(ids=removed[start : start + 5000])
-    report.store_seconds += time.perf_counter() - t
-    if to_embed:
-        embedder = load_embedder(settings.embed_model, settings.embed_batch_size)
-        nodes = chunk_papers(to_embed, embedder, settings.chunk_tokens)
-        t = time.perf_counter()
-        embed_nodes(nodes, embedder, settings.embed_batch_size, progress)
-        report.embed_seconds = time.perf_counter() - t
-        t = time.perf_counter()
-        for start in range(0, len(nodes), 1000):
-            chunk_store.add(nodes[start : start + 1000])
-        paper_nodes = paper_vector_nodes(to_embed, nodes)
-        for start in range(0, len(paper_nodes), 1000):
-            paper_store.add(paper_nodes[start : start + 1000])
-        report.store_seconds += time.perf_counter() - t
-    t = time.perf_counter()
-    nodes = all_nodes(chunks)
-    build_bm25(nodes, new_gen / "bm25", settings.candidates)
-    report.bm25_seconds = time.perf_counter() - t
-    return len(nodes)
+def clean_unfinished(settings: Settings, live: dict) -> list[str]:
+    """After a killed build: delete the new store it was writing (a killed `--rebuild` or first build; never the
+    live store) and return the sources it was asked to index."""
+    index_dir = Path(settings.index_dir)
+    unfinished = storage.unfinished_build(index_dir)
+    store = unfinished.get("store")
+    if store and store != live.get("store"):
+        drop_store(settings, store)
+    return list(unfinished.get("sources") or [])
 
 
-def paper_vector_nodes(papers: list[Paper], chunk_nodes: list) -> list:
-    """One node per paper whose vector is the normalized mean of its chunks' vectors (no extra embedding).
+def drop_store(settings: Settings, store: str) -> None:
+    index_dir = Path(settings.index_dir)
+    drop_collection(settings, storage.store_dir(index_dir, store), store)
+    storage.remove_store_dir(index_dir, store)
+
+
+def write_batches(settings, papers, catalog, vectors, generation, report, progress) -> None:
+    """Chunk, embed and write `papers` in batches, each committed (vectors first, then the catalog rows that make
+    them count), with a progress bar (count, rate, ETA) on stderr."""
+    from tqdm import tqdm
+
+    if not papers:
+        return
+    embedder = load_embedder(settings.embed_model, settings.embed_batch_size, settings.embed_runtime)
+    with tqdm(total=len(papers), desc="Indexing", unit="paper", disable=not progress, file=sys.stderr) as bar:
+        step = settings.index_batch_papers
+        for start in range(0, len(papers), step):
+            batch = papers[start : start + step]
+            nodes = chunk_papers(batch, embedder, settings.chunk_tokens)
+            t = time.perf_counter()
+            embed_nodes(nodes, embedder, settings.embed_batch_size)
+            report.embed_seconds += time.perf_counter() - t
+            t = time.perf_counter()
+            ids, means = paper_vectors(nodes)
+            vectors.upsert(ids, means)
+            texts: dict[str, list[tuple[str, str]]] = {}
+            for node in nodes:
+                texts.setdefault(node.metadata["paper_id"], []).append((node.get_content(), node_text(node)))
+            catalog.add(batch, texts, generation)
+            report.store_seconds += time.perf_counter() - t
+            bar.update(len(batch))
+
+
+def node_text(node) -> str:
+    """The chunk text embedded and indexed by BM25: title and chunk."""
+    from llama_index.core.schema import MetadataMode
+
+    return node.get_content(MetadataMode.EMBED)
+
+
+def embed_nodes(nodes: list, embedder, batch_size: int) -> None:
+    """Set node.embedding for every node; texts of similar length are batched together (less padding)."""
+    texts = [node_text(n) for n in nodes]
+    order = sorted(range(len(nodes)), key=lambda i: len(texts[i]))
+    for start in range(0, len(order), batch_size):
+        part = order[start : start + batch_size]
+        for i, vector in zip(part, embedder.get_text_embedding_batch([texts[i] for i in part])):
+            nodes[i].embedding = vector
+
+
+def paper_vectors(chunk_nodes: list) -> tuple[list[str], list[list[float]]]:
+    """One vector per paper, the normalized mean of its chunks' vectors (no extra embedding).
 
     Dense search ranks papers by these: on the dev set they fuse with BM25 better than the best chunk of each
     paper does (hybrid Recall@5 0.955 against 0.934 on the dev set, measured when chosen).
     """
     import numpy as np
-    from llama_index.core.schema import TextNode
 
-    vectors: dict[str, list] = {}
+    grouped: dict[str, list] = {}
     for node in chunk_nodes:
-        vectors.setdefault(node.metadata["paper_id"], []).append(node.embedding)
-    out = []
-    for p in papers:
-        mean = np.mean(np.asarray(vectors[p.id], dtype=np.float32), axis=0)
+        grouped.setdefault(node.metadata["paper_id"], []).append(node.embedding)
+    ids, out = [], []
+    for pid, vecs in grouped.items():
+        mean = np.mean(np.asarray(vecs, dtype=np.float32), axis=0)
         mean /= np.linalg.norm(mean) or 1.0
-        out.append(TextNode(id_=p.id, text=p.title, embedding=mean.tolist(), metadata={"paper_id": p.id}))
-    return out
+        ids.append(pid)
+        out.append(mean.tolist())
+    return ids, out

@@ -1,14 +1,15 @@
-"""Paper search over an index generation: dense (Chroma) and BM25, fused by reciprocal rank, one hit per paper."""
+"""Paper search over the published index: dense (Chroma paper vectors) and BM25 (catalog), fused, one hit per paper."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from rag import storage
-from rag.index import PAPERS, IndexingError, check_model, open_vector_store, read_manifest
+from rag.catalog import CatalogReader
+from rag.index import IndexingError, check_model
 from rag.models import load_embedder
 from rag.settings import Settings
+from rag.vectors import PaperVectors
 
 SNIPPET_CHARS = 300
 
@@ -28,52 +29,56 @@ class Hit:
 
 
 class Searcher:
-    """Opens one index generation read-only and answers searches; cheap to keep, slow to create (loads models)."""
+    """Opens the published generation of the index and answers searches; safe to share between threads.
+
+    Opening is cheap (the manifest and a SQLite file; nothing is loaded into memory); the embedding model loads on
+    the first dense search. Search shows only papers of the generation the manifest named when this was opened:
+    papers a running build writes stay invisible until it publishes (then `version` differs from
+    `storage.live_version`, and a server opens a new Searcher).
+    """
 
     def __init__(self, settings: Settings):
-        gen = storage.current_generation(settings.index_dir)
-        if gen is None:
-            raise IndexingError(f"no index in {settings.index_dir}: run `rag index` first")
+        manifest = storage.read_manifest(settings.index_dir)
+        if not manifest:
+            hint = " (it is in an old layout: run `rag index`)" if storage.legacy_layout(settings.index_dir) else ""
+            raise IndexingError(f"no index in {settings.index_dir}{hint}: run `rag index` first")
         self.settings = settings
-        self.generation: Path = gen
-        self.version = storage.live_version(settings.index_dir)  # compared by servers to notice a newer build
-        self.manifest = read_manifest(gen)
-        check_model(self.manifest, settings)
-        self.papers = {p["id"]: p for p in storage.read_jsonl(gen / "papers.jsonl")}
-        self._dense = self._bm25 = None
-
-    def dense_retriever(self):
-        """llama-index retriever over the per-paper vectors (mean of each paper's chunk vectors)."""
-        if self._dense is None:
-            from llama_index.core import VectorStoreIndex
-
-            vector_store, _ = open_vector_store(self.generation / "chroma", PAPERS)
-            embedder = load_embedder(self.settings.embed_model, self.settings.embed_batch_size)
-            index = VectorStoreIndex.from_vector_store(vector_store, embed_model=embedder)
-            self._dense = index.as_retriever(similarity_top_k=min(self.settings.candidates, len(self.papers)))
-        return self._dense
-
-    def bm25_retriever(self):
-        if self._bm25 is None:
-            from llama_index.retrievers.bm25 import BM25Retriever
-
-            self._bm25 = BM25Retriever.from_persist_dir(str(self.generation / "bm25"))
-            self._bm25.similarity_top_k = min(self.settings.candidates, self.manifest["chunks"])
-        return self._bm25
+        self.manifest = manifest
+        self.version = storage.version_of(manifest)  # compared by servers to notice a newer build
+        check_model(manifest, settings)
+        self.store = manifest["store"]
+        self.catalog = CatalogReader(storage.catalog_path(settings.index_dir, self.store), manifest["generation"])
+        self.papers = self.catalog.papers  # paper id -> dict, read from disk
+        self._vectors: PaperVectors | None = None
 
     @property
     def vocabulary(self):
-        """Stemmed words of the corpus (the BM25 vocabulary), for telling absent topics apart."""
-        return self.bm25_retriever().bm25.vocab_dict
+        """`stem in searcher.vocabulary`: PyStemmer-english stems of the corpus (the BM25 terms)."""
+        return self.catalog.vocabulary
+
+    @property
+    def vectors(self) -> PaperVectors:
+        if self._vectors is None:
+            self._vectors = PaperVectors(
+                self.settings, storage.store_dir(self.settings.index_dir, self.store), self.store
+            )
+        return self._vectors
+
+    def embed_query(self, query: str) -> list[float]:
+        s = self.settings
+        return load_embedder(s.embed_model, s.embed_batch_size, s.embed_runtime).get_query_embedding(query)
 
     def ranked_papers(self, query: str, mode: str) -> list[tuple[str, float, str]]:
-        """(paper_id, score, snippet text) best first, for one retrieval mode."""
+        """(paper_id, score, snippet text) best first, for one retrieval mode, published papers only."""
+        n = self.settings.candidates
         if mode == "dense":
-            return [
-                (n.node.metadata["paper_id"], float(n.score or 0), "") for n in self.dense_retriever().retrieve(query)
-            ]
+            # papers a running (or killed) build wrote are in Chroma but not yet published: ask for enough more
+            hidden = max(0, self.vectors.count() - len(self.papers))
+            ranked = self.vectors.query(self.embed_query(query), n + hidden)
+            shown = self.catalog.visible([pid for pid, _ in ranked])
+            return [(pid, score, "") for pid, score in ranked if pid in shown][:n]
         if mode == "bm25":
-            return best_chunk_per_paper(self.bm25_retriever().retrieve(query))
+            return best_chunk_per_paper(self.catalog.bm25(query, 2 * n))[:n]
         if mode == "hybrid":
             return fuse(
                 self.ranked_papers(query, "dense"), self.ranked_papers(query, "bm25"), self.settings.dense_weight
@@ -100,14 +105,13 @@ class Searcher:
         return hits
 
 
-def best_chunk_per_paper(ranked: list) -> list[tuple[str, float, str]]:
-    """Chunk hits (NodeWithScore, best first) -> one entry per paper, scored by its best chunk."""
+def best_chunk_per_paper(ranked: list[tuple[str, float, str]]) -> list[tuple[str, float, str]]:
+    """Chunk hits (paper_id, score, text), best first -> one entry per paper, scored by its best chunk."""
     seen, out = set(), []
-    for item in ranked:
-        pid = item.node.metadata["paper_id"]
+    for pid, score, text in ranked:
         if pid not in seen:
             seen.add(pid)
-            out.append((pid, float(item.score or 0), item.node.get_content()))
+            out.append((pid, score, text))
     return out
 
 

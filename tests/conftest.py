@@ -43,3 +43,55 @@ def bundled_index(tmp_path_factory) -> Path:
     index_dir = tmp_path_factory.mktemp("bundled-index")
     build_index(Settings(index_dir=index_dir), progress=False)
     return index_dir
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory):
+    """A real Chroma server (`chroma run --path DIR --port N`) on 127.0.0.1 for the session; its URL."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    chroma = shutil.which("chroma") or str(Path(sys.executable).parent / "chroma")
+    port = free_port()
+    path = tmp_path_factory.mktemp("chroma-server")
+    log = open(path.parent / "chroma-server.log", "w")
+    proc = subprocess.Popen(
+        [chroma, "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "ANONYMIZED_TELEMETRY": "False"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=1)
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"chroma run did not start: see {log.name}") from None
+            time.sleep(0.3)
+    yield url
+    proc.kill()
+    proc.wait()
+    log.close()
+
+
+@pytest.fixture(params=["embedded", "server"])
+def chroma_mode(request, monkeypatch):
+    """Run a test against embedded Chroma and against a live Chroma server (RAG_CHROMA_URL)."""
+    if request.param == "server":
+        monkeypatch.setenv("RAG_CHROMA_URL", request.getfixturevalue("chroma_server"))
+    return request.param

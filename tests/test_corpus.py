@@ -157,3 +157,31 @@ def test_env_example_documents_every_setting():
     for name, field in Settings.model_fields.items():
         assert f"RAG_{name.upper()}=" in text, name
         assert field.description and field.description in text, name
+
+
+def test_bibtex_macros_concatenation_latex_and_authors(tmp_path):
+    bib = (
+        '@string{intro = "We study how small language models can be tuned"}\n'
+        "@article{key1,\n  title = {Sch{\\\"o}dinger Bridges for {LoRA} {\\'E}t{\\'e}},\n"
+        '  author = {M{\\"u}ller, Anna and Bo Li},\n'
+        '  abstract = intro # " with very little data; a simple recipe reaches 88% of full fine-tuning" # {.}\n}\n'
+    )
+    p = parse_file(write(tmp_path, "refs.bib", bib))[0]
+    assert p.title == "Schödinger Bridges for LoRA Été"
+    assert p.abstract == (
+        "We study how small language models can be tuned with very little data; "
+        "a simple recipe reaches 88% of full fine-tuning."
+    )
+    assert p.authors == "Anna Müller, Bo Li"
+
+
+def test_jsonl_and_csv_stream_past_the_whole_file_cap(tmp_path, monkeypatch):
+    import rag.corpus
+
+    monkeypatch.setattr(rag.corpus, "MAX_FILE_BYTES", 1000)  # JSON lines and CSV are streamed: no cap applies
+    rows = [{"title": f"Paper {i}", "abstract": ABSTRACT} for i in range(20)]
+    assert len(parse_file(write(tmp_path, "big.jsonl", "".join(json.dumps(r) + "\n" for r in rows)))) == 20
+    csv_text = "title,abstract\n" + "".join(f'Paper {i},"{ABSTRACT}"\n' for i in range(20))
+    assert len(parse_file(write(tmp_path, "big.csv", csv_text))) == 20
+    with pytest.raises(CorpusError, match=r"big.json: file is 0 MB \(at most 0 MB; use JSON lines or CSV\)"):
+        parse_file(write(tmp_path, "big.json", json.dumps(rows)))

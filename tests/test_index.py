@@ -34,8 +34,9 @@ def write_records(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def test_search_finds_the_right_paper_in_every_mode(fixture_index):
-    assistant = Assistant(Settings(index_dir=fixture_index))
+def test_search_finds_the_right_paper_in_every_mode(corpus, chroma_mode):
+    build_index(Settings(), [corpus], progress=False)
+    assistant = Assistant(Settings())
     for mode in ("hybrid", "dense", "bm25"):
         hits = assistant.search(
             "decoding-time algorithm steering a black-box LM with a small tuned model", k=3, mode=mode
@@ -57,27 +58,25 @@ def test_no_chunk_exceeds_the_embedding_window():
     assert all(n.get_content(MetadataMode.EMBED).startswith("title: ") for n in nodes)
 
 
-def test_incremental_reindex(corpus, isolated_index, monkeypatch):
+def test_incremental_reindex(corpus, isolated_index, monkeypatch, chroma_mode):
     settings = Settings()
     first = build_index(settings, [corpus], progress=False)
     assert (first.papers, first.new, first.changed, first.removed) == (10, 10, 0, 0)
-    generation = storage.current_generation(isolated_index)
+    version = storage.live_version(isolated_index)
 
     import rag.index
 
     embedded = []
     real_embed = rag.index.embed_nodes
-    monkeypatch.setattr(
-        rag.index, "embed_nodes", lambda nodes, *a, **k: (embedded.extend(nodes), real_embed(nodes, *a, **k))
-    )
+    monkeypatch.setattr(rag.index, "embed_nodes", lambda nodes, *a: (embedded.extend(nodes), real_embed(nodes, *a)))
 
     again = build_index(settings, progress=False)
     assert (again.new, again.changed, again.removed) == (0, 0, 0) and not embedded
-    assert storage.current_generation(isolated_index) == generation  # nothing rewritten
+    assert storage.live_version(isolated_index) == version  # nothing rewritten
 
     rows = records(corpus)
     rows[1]["abstract"] += " We also release code."
-    del rows[2]
+    removed_title = rows.pop(2)["title"]
     rows.append(
         {
             "title": "A Brand New Paper",
@@ -89,42 +88,131 @@ def test_incremental_reindex(corpus, isolated_index, monkeypatch):
     update = build_index(settings, progress=False)
     assert (update.papers, update.new, update.changed, update.removed) == (10, 1, 1, 1)
     assert {n.metadata["title"] for n in embedded} == {PROXY, "A Brand New Paper"}
-    hits = Assistant(settings).search("brand new benchmark retrieval augmented generation", k=1)
+    assert storage.live_version(isolated_index) != version
+    searcher = Assistant(settings).searcher
+    hits = searcher.search("brand new benchmark retrieval augmented generation", k=1)
     assert hits[0].title == "A Brand New Paper"
-    assert len(list(isolated_index.glob("gen-*"))) == 2  # the live one and the one before
+    assert len(searcher.papers) == 10 and removed_title not in {p["title"] for p in searcher.papers.values()}
+    assert len(list(isolated_index.glob("store-*"))) == 1  # updated in place, no copy
+    assert searcher.vectors.count() == 10  # the replaced and removed papers' vectors are deleted
 
 
-def test_interrupted_build_leaves_the_previous_index(corpus, isolated_index, monkeypatch):
-    settings = Settings()
+def test_interrupted_build_leaves_the_previous_index(corpus, isolated_index, monkeypatch, chroma_mode):
+    settings = Settings(index_batch_papers=2)
     build_index(settings, [corpus], progress=False)
-    before = storage.current_generation(isolated_index)
+    before = storage.live_version(isolated_index)
     rows = records(corpus)
-    rows[0]["abstract"] += " Changed."
+    for row in rows:
+        row["abstract"] += " Changed."
     write_records(corpus, rows)
 
     import rag.index
 
-    def killed(*args, **kwargs):
-        raise KeyboardInterrupt
+    real_embed, calls = rag.index.embed_nodes, []
 
-    monkeypatch.setattr(rag.index, "embed_nodes", killed)
+    def killed_on_third_batch(nodes, *args):
+        calls.append(len(nodes))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real_embed(nodes, *args)
+
+    monkeypatch.setattr(rag.index, "embed_nodes", killed_on_third_batch)
     with pytest.raises(KeyboardInterrupt):
         build_index(settings, progress=False)
-    assert storage.current_generation(isolated_index) == before
-    assert list(isolated_index.glob("gen-*")) == [before]  # the half-built generation is gone
+    assert storage.live_version(isolated_index) == before
+    searcher = Assistant(settings).searcher
+    hit = searcher.search("proxy-tuning black-box", k=1)[0]
+    assert hit.title == PROXY and not searcher.papers[hit.paper_id]["abstract"].endswith("Changed.")
+    assert all(not p["abstract"].endswith("Changed.") for p in searcher.papers.values())
+
+    calls.clear()
+    monkeypatch.setattr(rag.index, "embed_nodes", lambda nodes, *a: (calls.append(len(nodes)), real_embed(nodes, *a)))
+    report = build_index(settings, progress=False)
+    assert report.changed == 10 and len(calls) == 3  # 2 of 5 batches were written before the kill: not redone
+    searcher = Assistant(settings).searcher
+    assert all(p["abstract"].endswith("Changed.") for p in searcher.papers.values()) and len(searcher.papers) == 10
+    assert searcher.vectors.count() == 10
+
+
+def test_sigkill_mid_embedding_then_next_build_finishes(tmp_path, isolated_index, monkeypatch):
+    """A real `rag index` process killed with SIGKILL while it embeds: search answers from the previous manifest,
+    and the next build finishes without redoing the batches that were committed."""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    from rag.index import BUNDLED_SOURCE
+
+    settings = Settings(index_batch_papers=16)
+    build_index(settings, [FIXTURE_CORPUS], progress=False)
+    before = storage.live_version(isolated_index)
+    fixture_titles = {r["title"] for r in records(FIXTURE_CORPUS)}
+    papers = [p for p in load_papers([BUNDLED_SOURCE], skip_bad=False)[0] if p.title not in fixture_titles]
+    extra = tmp_path / "more.jsonl"
+    write_records(extra, [{"title": p.title, "abstract": p.abstract} for p in papers[:120]])
+
+    env = {**os.environ, "RAG_INDEX_DIR": str(isolated_index), "RAG_INDEX_BATCH_PAPERS": "16", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "rag.cli", "index", str(extra)], env=env, cwd=tmp_path)
+    catalog = storage.catalog_path(isolated_index, storage.read_manifest(isolated_index)["store"])
+    live_gen = storage.read_manifest(isolated_index)["generation"]
+    staged, deadline = 0, time.monotonic() + 300
+    while staged < 32 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        with sqlite3.connect(catalog) as conn:
+            staged = conn.execute("SELECT count(*) FROM papers WHERE added > ?", (live_gen,)).fetchone()[0]
+    assert proc.poll() is None, "the build ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert staged >= 32
+
+    assert storage.live_version(isolated_index) == before
+    searcher = Assistant(Settings()).searcher
+    assert len(searcher.papers) == 10
+    assert searcher.search("proxy-tuning black-box", k=1)[0].title == PROXY
+    assert papers[0].title not in {h.title for h in searcher.search(papers[0].title, k=10)}
+
+    import rag.index
+
+    embedded, real_embed = set(), rag.index.embed_nodes
+    monkeypatch.setattr(
+        rag.index,
+        "embed_nodes",
+        lambda nodes, *a: (embedded.update(n.metadata["paper_id"] for n in nodes), real_embed(nodes, *a)),
+    )
+    report = build_index(Settings(), progress=False)
+    assert report.new == 120 and storage.live_version(isolated_index) != before
+    assert len(embedded) <= 120 - staged  # the batches committed before the kill are not embedded again
+    searcher = Assistant(Settings()).searcher
+    assert len(searcher.papers) == report.papers == 130
+    assert searcher.search(papers[0].title, k=1)[0].title == papers[0].title
+
+
+def test_rebuild_replaces_the_store_and_cleans_a_killed_one(corpus, isolated_index):
+    settings = Settings()
+    build_index(settings, [corpus], progress=False)
+    (isolated_index / "store-deadbeef0000").mkdir()  # a killed --rebuild's leftovers
+    storage.mark_building(isolated_index, "deadbeef0000", [])
+    report = build_index(settings, rebuild=True, progress=False)
+    assert report.new == 10
+    assert [p.name for p in isolated_index.glob("store-*")] == [
+        f"store-{storage.read_manifest(isolated_index)['store']}"
+    ]
     assert Assistant(settings).search("proxy-tuning black-box", k=1)[0].title == PROXY
 
 
 def test_bad_file_fails_whole_and_keeps_the_index(corpus, tmp_path, isolated_index):
     settings = Settings()
     build_index(settings, [corpus], progress=False)
-    before = storage.current_generation(isolated_index)
+    before = storage.live_version(isolated_index)
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"title": "Good", "abstract": "x" * 100}) + "\n" + json.dumps({"title": "No abstract"}))
     with pytest.raises(CorpusError, match="bad.jsonl:2"):
         build_index(settings, [bad], progress=False)
-    assert storage.current_generation(isolated_index) == before
-    assert json.loads((before / "manifest.json").read_text())["sources"] == [str(corpus.resolve())]
+    assert storage.live_version(isolated_index) == before
+    assert storage.read_manifest(isolated_index)["sources"] == [str(corpus.resolve())]
 
     report = build_index(settings, [bad, tmp_path / "papers.jsonl"], skip_bad=True, progress=False)
     assert report.papers == 10 and len(report.bad_files) == 1 and "bad.jsonl:2" in report.bad_files[0]
@@ -149,15 +237,18 @@ def test_cli_index_search_and_config(corpus, capsys, monkeypatch):
     assert data["query"] == "proxy-tuning of black-box language models"
     first = data["results"][0]
     assert set(first) == {"rank", "paper_id", "title", "url", "score", "snippet", "source"}
-    assert first["title"] == PROXY and first["source"] == "papers.jsonl" and len(data["results"]) == 2
+    assert first["title"] == PROXY and first["source"] == str(corpus.resolve()) and len(data["results"]) == 2
 
     assert main(["search", "proxy-tuning"]) == 0
     assert f" 1. {PROXY}" in capsys.readouterr().out
 
     monkeypatch.setenv("RAG_OPENAI_API_KEY", "sk-secret")
+    monkeypatch.setenv("RAG_CHROMA_TOKEN", "chroma-secret")
+    monkeypatch.setenv("RAG_CHROMA_HEADERS", '{"X-Chroma-Token": "header-secret"}')
     assert main(["config", "--json"]) == 0
     config = json.loads(capsys.readouterr().out)
-    assert config["openai_api_key"] == "***" and "sk-secret" not in json.dumps(config)
+    assert config["openai_api_key"] == config["chroma_token"] == config["chroma_headers"] == "***"
+    assert not {"sk-secret", "chroma-secret", "header-secret"} & set(json.dumps(config).split('"'))
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
@@ -166,3 +257,56 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert err.startswith("error: no index in") and err.count("\n") == 1
     assert main(["index", str(tmp_path / "missing.jsonl")]) == 1
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_uploads_survive_moving_the_index_and_same_named_files_stay_distinct(tmp_path, isolated_index):
+    rows = records(FIXTURE_CORPUS)
+    for folder, part in (("a", rows[:5]), ("b", rows[5:])):
+        (tmp_path / "lab" / folder).mkdir(parents=True)
+        write_records(tmp_path / "lab" / folder / "papers.jsonl", part)
+    uploads = storage.uploads_dir(isolated_index)
+    write_records(uploads / "mine.jsonl", rows[:2])
+    build_index(Settings(), [tmp_path / "lab", uploads / "mine.jsonl"], progress=False)
+    assert storage.read_manifest(isolated_index)["sources"] == [str((tmp_path / "lab").resolve()), "uploads/mine.jsonl"]
+    shown = {p["source"] for p in Assistant(Settings()).searcher.papers.values()}
+    lab = str((tmp_path / "lab").resolve())
+    assert shown == {f"{lab}/a/papers.jsonl", f"{lab}/b/papers.jsonl"}  # the uploaded two are also in lab/a
+
+    moved = tmp_path / "moved-index"
+    isolated_index.rename(moved)
+    report = build_index(Settings(index_dir=moved), progress=False)
+    assert (report.papers, report.removed) == (10, 0)
+    assert Assistant(Settings(index_dir=moved)).search("proxy-tuning black-box", k=1)[0].title == PROXY
+
+
+def test_embedder_is_thread_safe_and_matches_the_float32_reference():
+    """Several threads embed and tokenize at once (a server does): no "Already borrowed", the same vectors as one
+    thread; and the int8 vectors stay close to the float32 ones (same meaning for retrieval)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    papers, _, _ = load_papers([str(FIXTURE_CORPUS)], skip_bad=False)
+    texts = [p.abstract for p in papers]
+    embedder = load_embedder("bundled")
+    alone = [embedder.get_text_embedding_batch(texts[i : i + 3]) for i in range(0, len(texts), 3)]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(
+            pool.map(lambda i: embedder.get_text_embedding_batch(texts[i : i + 3]), range(0, len(texts), 3))
+        )
+        counted = list(pool.map(embedder.token_ids, texts * 4))
+    assert np.allclose(np.asarray(sum(alone, [])), np.asarray(sum(together, [])), atol=1e-5)
+    assert counted == [embedder.token_ids(t) for t in texts] * 4
+
+    reference = np.asarray(load_embedder("bundled", runtime="onnx").get_text_embedding_batch(texts))
+    cosine = (np.asarray(sum(alone, [])) * reference).sum(1)
+    assert cosine.min() > 0.97, cosine
+
+
+def test_unreachable_chroma_server_is_one_line(corpus, capsys, monkeypatch):
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("RAG_CHROMA_URL", f"http://127.0.0.1:{free_port()}")
+    assert main(["index", str(corpus)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot reach the Chroma server at http://127.0.0.1:") and err.count("\n") == 1

@@ -32,7 +32,8 @@ def test_hybrid_search_recall(search_report, capsys):
             print(f"\n## {mode}\n" + format_markdown(report))
     hybrid = search_report["hybrid"]
     assert hybrid["missing_gold"] == []
-    assert hybrid["answerable"]["recall@5"] >= 0.955  # lookup + fact + multi
+    # lookup + fact + multi: 0.955 with float32 embeddings; int8 ONNX embeddings measured 0.9547 (issue 9 allows 0.005)
+    assert hybrid["answerable"]["recall@5"] >= 0.950
     assert hybrid["by_type"]["multi"]["recall@10"] >= 0.95
     for part in ("dense", "bm25"):  # hybrid is not worse than its parts
         assert hybrid["answerable"]["recall@5"] >= search_report[part]["answerable"]["recall@5"]
