@@ -257,8 +257,12 @@ def build_index(
         finally:
             catalog.close()
         if fresh:
+            # the store that was live until now stays until the next rebuild: a running server still reads it
+            # until it has opened and warmed the new one
+            previous = live.get("store") if live else None
             for old in storage.stale_stores(index_dir, store):
-                drop_store(settings, old)
+                if old != previous:
+                    drop_store(settings, old)
             storage.remove_legacy(index_dir)
     report.seconds = time.perf_counter() - started
     return report

@@ -193,14 +193,17 @@ def test_sigkill_mid_embedding_then_next_build_finishes(tmp_path, isolated_index
 def test_rebuild_replaces_the_store_and_cleans_a_killed_one(corpus, isolated_index):
     settings = Settings()
     build_index(settings, [corpus], progress=False)
+    first = storage.read_manifest(isolated_index)["store"]
     (isolated_index / "store-deadbeef0000").mkdir()  # a killed --rebuild's leftovers
     storage.mark_building(isolated_index, "deadbeef0000", [])
     report = build_index(settings, rebuild=True, progress=False)
+    second = storage.read_manifest(isolated_index)["store"]
     assert report.new == 10
-    assert [p.name for p in isolated_index.glob("store-*")] == [
-        f"store-{storage.read_manifest(isolated_index)['store']}"
-    ]
+    # the store that was live stays beside the new one (a running server still reads it); the killed one is gone
+    assert sorted(p.name for p in isolated_index.glob("store-*")) == sorted([f"store-{first}", f"store-{second}"])
     assert Assistant(settings).search("proxy-tuning black-box", k=1)[0].title == PROXY
+    build_index(settings, rebuild=True, progress=False)  # the next rebuild drops the one before
+    assert f"store-{first}" not in [p.name for p in isolated_index.glob("store-*")]
 
 
 def test_bad_file_fails_whole_and_keeps_the_index(corpus, tmp_path, isolated_index):
