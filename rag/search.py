@@ -81,7 +81,7 @@ class Searcher:
             return best_chunk_per_paper(self.catalog.bm25(query, 2 * n))[:n]
         if mode == "hybrid":
             return fuse(
-                self.ranked_papers(query, "dense"), self.ranked_papers(query, "bm25"), self.settings.dense_weight
+                self.ranked_papers(query, "dense"), self.ranked_papers(query, "bm25"), self.settings.dense_weight, n
             )
         raise ValueError(f"unknown search mode {mode!r} (hybrid, dense or bm25)")
 
@@ -116,9 +116,10 @@ def best_chunk_per_paper(ranked: list[tuple[str, float, str]]) -> list[tuple[str
 
 
 def fuse(
-    dense: list[tuple[str, float, str]], sparse: list[tuple[str, float, str]], dense_weight: float
+    dense: list[tuple[str, float, str]], sparse: list[tuple[str, float, str]], dense_weight: float, size: int = 0
 ) -> list[tuple[str, float, str]]:
-    """Relative-score fusion at paper level: each list's scores min-max normalized over its candidates, then
+    """Relative-score fusion at paper level: each list's scores min-max normalized over its candidates (from 0 when
+    a list is shorter than `size`: the papers it lacks score 0, as bm25s returned them), then
     dense_weight * dense + (1 - dense_weight) * bm25; a paper missing from a list gets 0 from it.
 
     This is llama-index's QueryFusionRetriever "relative_score" mode, done per paper: that retriever fuses nodes,
@@ -131,6 +132,8 @@ def fuse(
             return {}
         scores = [s for _, s, _ in ranking]
         lo, hi = min(scores), max(scores)
+        if len(ranking) < size:  # a short list: every other paper scores 0 (BM25 matched nothing else)
+            lo = min(lo, 0.0)
         return {pid: (s - lo) / (hi - lo) if hi > lo else 1.0 for pid, s, _ in ranking}
 
     d, b = normalized(dense), normalized(sparse)
