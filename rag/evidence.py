@@ -40,7 +40,8 @@ show shows based new way ways one two kind any anything something here corpus sa
 NUMBER = re.compile(r"\d")
 QUANTITY_QUESTION = re.compile(
     r"\b(how (many|much|large|big|fast|long|often)|what (percentage|fraction|number|"
-    r"size|accuracy|score)|by how|which (size|number))\b",
+    r"size|accuracy|score)|by how|which (size|number)|(number|amount|fraction|percentage|share) of|"
+    r"(model|dataset|data) size|(average )?margin|win[- ]rate)\b",
     re.I,
 )
 # What a question asks for, and what a sentence that answers it holds.
