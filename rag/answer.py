@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from rag import conversation
-from rag.citations import Checked, StreamVerifier
+from rag.citations import FREE, Checked, StreamVerifier
 from rag.evidence import QUANTITY_QUESTION, Evidence, content_terms, refusal_reason, score_sentences, select
 from rag.llm import stream_text
 from rag.search import Hit
@@ -40,7 +40,6 @@ SYNTHESIS = (
 )
 EXTRACTIVE_SENTENCES = 2  # sentences of the bundled model checked before generation stops
 SAME_PAPER_SHARE = 0.9  # a part's answer is taken from the top paper when it scores this share of the best
-REPEATS_OPENING = 0.8  # a generated sentence whose words the opening already holds to this share adds nothing
 WHICH_PAPERS = re.compile(
     r"\b(which|what)\s+(\w+\s+){0,2}(papers|works|studies|methods|approaches|frameworks|models)\b"
     r"|\b(papers|works|studies) (on|about|that|which)\b|\bpapers\??\s*$|\bthe literature\b",
@@ -267,8 +266,9 @@ def run(
         return pieces[-1]
 
     def repeats_opening(checked: Checked) -> bool:
-        terms = content_terms(checked.text)
-        return bool(pieces) and len(terms & content_terms(answer.opening)) >= REPEATS_OPENING * max(1, len(terms))
+        """Nothing the opening and the question do not already say (fewer than two new words, no new number)."""
+        said = content_terms(answer.opening) | content_terms(query)
+        return bool(pieces) and len(content_terms(checked.text) - FREE - said) < 2
 
     style = answer_style(settings)
     opening = opening_sentence(question, evidence)
