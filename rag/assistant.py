@@ -224,8 +224,8 @@ class Assistant:
         """Yield the answer text in pieces as it is verified, then the final `Answer`.
 
         generate=False gives the evidence answer without the LLM (what backend 'none' gives), for this call only."""
-        deadline = Deadline(self.settings.llm_deadline)  # starts when asked
         setup = self.loaded_setup() if generate else self._setup
+        deadline = Deadline(setup.settings.llm_deadline)  # from when asked; a first-use model load is not counted
         backend = setup.describe() if generate else EVIDENCE_ONLY
         embedder = load_embedder(
             setup.settings.embed_model, setup.settings.embed_batch_size, setup.settings.embed_runtime
