@@ -265,12 +265,18 @@ def run(
         pieces.append(sentence if not pieces else " " + sentence)
         return pieces[-1]
 
-    def repeats_opening(checked: Checked) -> bool:
-        """Nothing the opening and the question do not already say (fewer than two new words, no new number)."""
-        said = content_terms(answer.opening) | content_terms(query)
-        return bool(pieces) and len(content_terms(checked.text) - FREE - said) < 2
-
     style = answer_style(settings)
+    quoted_first = {ev.quote for ev in answering_sentences(question, evidence)}
+
+    def repeats_opening(checked: Checked) -> bool:
+        """Nothing the opening and the question do not already say: fewer than two new words, or (when the opening
+        quotes the evidence) stated only by the sentences the opening quotes."""
+        if not pieces:
+            return False
+        said = content_terms(answer.opening) | content_terms(query)
+        only_quoted = style == "extractive" and {ev.quote for ev in checked.supporting} <= quoted_first
+        return only_quoted or len(content_terms(checked.text) - FREE - said) < 2
+
     opening = opening_sentence(question, evidence)
     if style == "extractive" or llm is None:
         yield emit(opening)
