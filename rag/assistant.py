@@ -244,7 +244,7 @@ class Assistant:
             deadline=deadline,
         ):
             if isinstance(item, Answer) and generate and setup.error and not item.refused:
-                item.notices.append(f"The LLM ({backend}) failed: {setup.error}. Showing the evidence only.")
+                item.notices.append(f"The LLM ({backend}) failed: {setup.error}. The answer is quoted from the evidence.")
             yield item
 
     def ask(
