@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from rag import conversation
-from rag.citations import FREE, Checked, StreamVerifier
+from rag.citations import FREE, Checked, StreamVerifier, numbers
 from rag.evidence import QUANTITY_QUESTION, Evidence, content_terms, refusal_reason, score_sentences, select
 from rag.llm import stream_text
 from rag.search import Hit
@@ -139,13 +139,14 @@ def references_block(evidence: list[Evidence]) -> str:
 
 
 def answering_clause(sentence: str, question: str) -> str:
-    """The part of a long sentence that answers: for a quantity question, the clause holding a number that shares
-    most words with the question; otherwise the whole sentence."""
+    """The part of a long sentence that answers: for a quantity question, the clause stating a number the question
+    does not that shares most words with the question; otherwise the whole sentence."""
     parts = [p for p in re.split(r"(?<=[,;:])\s+", sentence) if p]
     if len(sentence.split()) <= 35 or len(parts) < 2 or not QUANTITY_QUESTION.search(question):
         return sentence
     q = content_terms(question)
-    with_number = [i for i, p in enumerate(parts) if re.search(r"\d", p)]
+    asked = numbers(question)  # "on a 13B model" in the question: a clause repeating 13B does not answer it
+    with_number = [i for i, p in enumerate(parts) if re.search(r"\d", p) and numbers(p) - asked]
     if not with_number:
         return sentence
     best = max(with_number, key=lambda i: len(q & content_terms(parts[i])))

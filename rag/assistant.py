@@ -244,7 +244,9 @@ class Assistant:
             deadline=deadline,
         ):
             if isinstance(item, Answer) and generate and setup.error and not item.refused:
-                item.notices.append(f"The LLM ({backend}) failed: {setup.error}. The answer is quoted from the evidence.")
+                item.notices.append(
+                    f"The LLM ({backend}) failed: {setup.error}. The answer is quoted from the evidence."
+                )
             yield item
 
     def ask(
