@@ -7,7 +7,8 @@ tests/data/claims-adversarial.jsonl:
 
     .venv/bin/python -m tests.adversarial > tests/data/claims-adversarial.jsonl
 
-The file is generated once and committed; each line was read by a person before it was committed.
+The file is generated once and committed. Each label follows from the perturbation applied; about half the lines
+(every kind) were read by a person to check that the labels hold.
 """
 
 from __future__ import annotations
