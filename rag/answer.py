@@ -183,11 +183,10 @@ def quote_of(sentences: list[Evidence], question: str) -> str:
     return "; ".join(out)
 
 
-def opening_sentence(question: str, evidence: list[Evidence]) -> str:
+def opening_sentence(question: str, evidence: list[Evidence], answering: list[Evidence]) -> str:
     """The direct answer built from the evidence: for "which papers" questions the papers named, each cited; for
     "which paper/method" the top paper named with its answering sentence; otherwise the sentences that answer the
-    question (one per part it asks), quoted and cited."""
-    answering = answering_sentences(question, evidence)
+    question (`answering`, one per part it asks), quoted and cited."""
     quote = quote_of(answering, question)
     if WHICH_PAPERS.search(question):
         groups = papers_of(evidence)
@@ -267,7 +266,8 @@ def run(
         return pieces[-1]
 
     style = answer_style(settings)
-    quoted_first = {ev.quote for ev in answering_sentences(question, evidence)}
+    answering = answering_sentences(question, evidence)
+    quoted_first = {ev.quote for ev in answering}
 
     def repeats_opening(checked: Checked) -> bool:
         """Nothing the opening and the question do not already say: fewer than two new words, or (when the opening
@@ -278,7 +278,7 @@ def run(
         only_quoted = style == "extractive" and {ev.quote for ev in checked.supporting} <= quoted_first
         return only_quoted or len(content_terms(checked.text) - FREE - said) < 2
 
-    opening = opening_sentence(question, evidence)
+    opening = opening_sentence(question, evidence, answering)
     if style == "extractive" or llm is None:
         yield emit(opening)
     verifier = StreamVerifier(evidence, query, skip=repeats_opening)

@@ -253,8 +253,7 @@ def topic_words(question: str, vocabulary) -> tuple[list[str], list[str]]:
     stemmed and split like the BM25 tokenizer splits ("Llama2-70B" -> "llama2", "70b")."""
     tokens = re.findall(r"[^\W_]{3,}", question.lower())
     words = list(dict.fromkeys(w for w in tokens if w not in STOPWORDS and not w[0].isdigit()))
-    stems = _stemmer().stemWords(words)
-    return words, [w for w, s in zip(words, stems) if s not in vocabulary]
+    return words, [w for w, s in zip(words, stems(words)) if s not in vocabulary]
 
 
 def refusal_reason(
