@@ -109,7 +109,8 @@ ASK_NOTE = (
 SCALE_NOTE = (
     "Each corpus = the 693 bundled papers + synthetic ones made of their recombined sentences (seeded). Chunk vectors "
     "are not computed by the model: bundled chunks keep their real vector, a synthetic chunk gets the normalized "
-    "sentence-weighted mean of its 2-4 source papers' vectors plus N(0, {noise}²) noise per dimension. Everything else "
+    "sentence-weighted mean of its 2-4 source papers' vectors plus N(0, {noise}²) noise per dimension, and each "
+    "sentence (stored for evidence) its paper's vector plus the same noise. Everything else "
     "is `build_index` as `rag index` runs it (parse, chunk, Chroma add, paper vectors, BM25) in a fresh process. "
     "Throughput *without embedding* is measured; *with embedding* adds chunks / {rate:.1f} chunks/s, the model's rate "
     "measured on the bundled corpus in this run (extrapolated, not measured at that size). Ratios against the "

@@ -240,7 +240,9 @@ def run(
     timings["search"] = time.perf_counter() - started
 
     t = time.perf_counter()
-    scored = score_sentences(query, hits[: settings.answer_papers], searcher.papers, embed)
+    top = hits[: settings.answer_papers]
+    stored = searcher.catalog.sentence_vectors([h.paper_id for h in top])
+    scored = score_sentences(query, top, searcher.papers, embed, stored)
     floor = settings.evidence_floor_papers if WHICH_PAPERS.search(question) else settings.evidence_floor
     evidence = select(scored, settings.evidence_per_paper, settings.evidence_max, settings.evidence_threshold, floor)
     timings["evidence"] = time.perf_counter() - t

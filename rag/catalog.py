@@ -50,6 +50,7 @@ CREATE TRIGGER IF NOT EXISTS chunk_removed AFTER DELETE ON chunks
 CREATE VIRTUAL TABLE IF NOT EXISTS chunk_terms
     USING fts5(terms, tokenize="unicode61 remove_diacritics 0 tokenchars '_'");
 CREATE VIRTUAL TABLE IF NOT EXISTS chunk_vocab USING fts5vocab(chunk_terms, 'row');
+CREATE TABLE IF NOT EXISTS sentence_vectors (paper_id TEXT PRIMARY KEY, vectors BLOB NOT NULL);
 """
 VISIBLE = "added <= :gen AND (removed IS NULL OR removed > :gen)"
 PAPER_KEYS = ("id", "title", "abstract", "url", "source", "authors", "year")
@@ -106,13 +107,18 @@ class Catalog:
         rows = self.conn.execute("SELECT id, url, source, title, title_key, added FROM papers WHERE removed IS NULL")
         return {r["id"]: dict(r) for r in rows}
 
-    def add(self, papers: list, chunks: dict[str, list[tuple[str, str]]], generation: int) -> None:
-        """Insert papers as of `generation`, with their chunks as (text shown, text BM25 indexes), in one
+    def add(self, papers: list, chunks: dict[str, list[tuple[str, str]]], sentence_vectors: dict, generation: int):
+        """Insert papers as of `generation`, with their chunks as (text shown, text BM25 indexes) and the vectors of
+        their abstract's sentences (one per sentence; none stored for papers missing from `sentence_vectors`), in one
         transaction."""
         with self.conn:
             for p in papers:
                 texts = chunks[p.id]
                 self._delete_chunks([p.id])  # a staged copy from a killed build
+                if sentence_vectors.get(p.id):
+                    self.conn.execute(
+                        "INSERT INTO sentence_vectors VALUES (?, ?)", (p.id, pack_vectors(sentence_vectors[p.id]))
+                    )
                 self.conn.execute(
                     "INSERT OR REPLACE INTO papers VALUES (?,?,?,?,?,?,?,?,?,?,?,NULL)",
                     (p.id, p.title, p.abstract, p.url, p.source, p.authors, p.year, title_key_of(p.title))
@@ -151,6 +157,7 @@ class Catalog:
 
     def _delete_chunks(self, ids: list[str]) -> None:
         marks = ",".join("?" * len(ids))
+        self.conn.execute(f"DELETE FROM sentence_vectors WHERE paper_id IN ({marks})", ids)
         self.conn.execute(
             f"DELETE FROM chunk_terms WHERE rowid IN (SELECT rowid FROM chunks WHERE paper_id IN ({marks}))", ids
         )
@@ -161,6 +168,22 @@ class Catalog:
             f"SELECT count(*), coalesce(sum(chunks), 0) FROM papers WHERE {VISIBLE}", {"gen": generation}
         ).fetchone()
         return row[0], row[1]
+
+
+def pack_vectors(vectors) -> bytes:
+    """Sentence vectors as stored: float16 rows with their dimension first (half the disk of float32; dot products
+    change in the 4th decimal)."""
+    import numpy as np
+
+    array = np.asarray(vectors, dtype=np.float16)
+    return np.int32(array.shape[1] if array.ndim == 2 else 0).tobytes() + array.tobytes()
+
+
+def unpack_vectors(blob: bytes):
+    import numpy as np
+
+    dim = int(np.frombuffer(blob[:4], dtype=np.int32)[0])
+    return np.frombuffer(blob[4:], dtype=np.float16).astype(np.float32).reshape(-1, dim) if dim else None
 
 
 def title_key_of(title: str) -> str:
@@ -245,6 +268,18 @@ class CatalogReader:
             "WHERE p.added <= ? AND (p.removed IS NULL OR p.removed > ?)",
             (" OR ".join(f'"{t}"' for t in terms), pool, self.generation, self.generation),
         ).fetchall()
+
+    def sentence_vectors(self, ids: list[str]) -> dict:
+        """paper id -> the vectors of its abstract's sentences (float32, one row per sentence), computed at index
+        time; papers indexed before they were stored are missing (their sentences are embedded when asked)."""
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        try:
+            rows = self.conn.execute(f"SELECT paper_id, vectors FROM sentence_vectors WHERE paper_id IN ({marks})", ids)
+            return {pid: vectors for pid, blob in rows if (vectors := unpack_vectors(blob)) is not None}
+        except sqlite3.OperationalError:  # a catalog written before the table existed
+            return {}
 
     def stats(self) -> tuple[int, float]:
         """(chunks, mean terms per chunk) of the whole catalog, for BM25 (read once per reader)."""

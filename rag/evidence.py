@@ -183,38 +183,54 @@ BOILERPLATE = re.compile(
 )
 
 
-def sentence_score(q_vec, q_terms: set[str], wants, vec, terms: set[str], sentence: str, rank: int) -> float:
-    meaning = sum(a * b for a, b in zip(q_vec, vec))
+def sentence_score(meaning: float, q_terms: set[str], wants, terms: set[str], sentence: str, rank: int) -> float:
     words = len(q_terms & terms) / max(1, len(q_terms))
     kind = 1.0 if wants and wants[0].search(sentence) else 0.0
     score = W_MEANING * meaning + W_WORDS * words + W_KIND * kind + W_RANK / rank
     return score / 2 if BOILERPLATE.search(sentence) else score
 
 
-def score_sentences(question: str, hits: list, papers: dict[str, dict], embed) -> list[Evidence]:
+def score_sentences(
+    question: str, hits: list, papers: dict[str, dict], embed, stored: dict | None = None
+) -> list[Evidence]:
     """Every sentence of the hit papers, scored against the question, best first (n is not yet assigned). When the
     question asks several things, each sentence is also scored against each part (`Evidence.part_scores`).
 
-    `embed(texts) -> list[vector]` gives normalized vectors; the question is embedded with the sentences.
+    `embed(texts) -> list[vector]` gives normalized vectors. `stored` (paper id -> one vector per abstract
+    sentence, from index time) spares embedding those sentences: then only the question and the metadata lines are
+    embedded now.
     """
-    rows = []
+    import numpy as np
+
+    stored = stored or {}
+    rows, vectors, todo = [], [], []  # (hit, paper, sentence); its vector or None; the sentences to embed now
     for hit in hits:
         paper = papers[hit.paper_id]
-        for sentence in paper_sentences(paper):
+        sentences = paper_sentences(paper)
+        known = stored.get(hit.paper_id)
+        if known is None or len(known) > len(sentences) or len(known) != len(split_sentences(paper["abstract"])):
+            known = []  # indexed before sentence vectors were stored, or split differently: embed them now
+        for i, sentence in enumerate(sentences):
             rows.append((hit, paper, sentence))
+            vectors.append(known[i] if i < len(known) else None)
+            if i >= len(known):
+                todo.append(len(rows) - 1)
     if not rows:
         return []
     parts = question_parts(question)
     asks = [question] + (parts if len(parts) > 1 else [])
-    vectors = embed(asks + [s for _, _, s in rows])
+    fresh = embed(asks + [rows[i][2] for i in todo])
+    for i, vector in zip(todo, fresh[len(asks) :]):
+        vectors[i] = vector
+    meaning = np.asarray(vectors, dtype=np.float32) @ np.asarray(fresh[: len(asks)], dtype=np.float32).T
     ask_terms = [content_terms(a) for a in asks]
     wants = [[holds for kind, holds in ANSWER_KINDS if kind.search(a)][:1] for a in asks]
     title_terms = {hit.paper_id: content_terms(papers[hit.paper_id]["title"]) for hit in hits}
     out = []
-    for (hit, paper, sentence), vec in zip(rows, vectors[len(asks) :]):
+    for (hit, paper, sentence), cosines in zip(rows, meaning.tolist()):
         terms = content_terms(sentence) | title_terms[hit.paper_id]
         scores = [
-            sentence_score(vectors[i], ask_terms[i], wants[i], vec, terms, sentence, hit.rank) for i in range(len(asks))
+            sentence_score(cosines[i], ask_terms[i], wants[i], terms, sentence, hit.rank) for i in range(len(asks))
         ]
         ev = Evidence(0, hit.paper_id, paper["title"], paper["url"], sentence, round(scores[0], 4), hit.rank)
         ev.part_scores = [round(x, 4) for x in scores[1:]]

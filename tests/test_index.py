@@ -67,8 +67,10 @@ def test_incremental_reindex(corpus, isolated_index, monkeypatch, chroma_mode):
     import rag.index
 
     embedded = []
-    real_embed = rag.index.embed_nodes
-    monkeypatch.setattr(rag.index, "embed_nodes", lambda nodes, *a: (embedded.extend(nodes), real_embed(nodes, *a)))
+    real_embed = rag.index.embed_sentences
+    monkeypatch.setattr(
+        rag.index, "embed_sentences", lambda papers, *a: (embedded.extend(papers), real_embed(papers, *a))[1]
+    )
 
     again = build_index(settings, progress=False)
     assert (again.new, again.changed, again.removed) == (0, 0, 0) and not embedded
@@ -87,7 +89,7 @@ def test_incremental_reindex(corpus, isolated_index, monkeypatch, chroma_mode):
     write_records(corpus, rows)
     update = build_index(settings, progress=False)
     assert (update.papers, update.new, update.changed, update.removed) == (10, 1, 1, 1)
-    assert {n.metadata["title"] for n in embedded} == {PROXY, "A Brand New Paper"}
+    assert {p.title for p in embedded} == {PROXY, "A Brand New Paper"}
     assert storage.live_version(isolated_index) != version
     searcher = Assistant(settings).searcher
     hits = searcher.search("brand new benchmark retrieval augmented generation", k=1)
@@ -108,15 +110,15 @@ def test_interrupted_build_leaves_the_previous_index(corpus, isolated_index, mon
 
     import rag.index
 
-    real_embed, calls = rag.index.embed_nodes, []
+    real_embed, calls = rag.index.embed_sentences, []
 
-    def killed_on_third_batch(nodes, *args):
-        calls.append(len(nodes))
+    def killed_on_third_batch(papers, *args):
+        calls.append(len(papers))
         if len(calls) == 3:
             raise KeyboardInterrupt
-        real_embed(nodes, *args)
+        return real_embed(papers, *args)
 
-    monkeypatch.setattr(rag.index, "embed_nodes", killed_on_third_batch)
+    monkeypatch.setattr(rag.index, "embed_sentences", killed_on_third_batch)
     with pytest.raises(KeyboardInterrupt):
         build_index(settings, progress=False)
     assert storage.live_version(isolated_index) == before
@@ -126,7 +128,9 @@ def test_interrupted_build_leaves_the_previous_index(corpus, isolated_index, mon
     assert all(not p["abstract"].endswith("Changed.") for p in searcher.papers.values())
 
     calls.clear()
-    monkeypatch.setattr(rag.index, "embed_nodes", lambda nodes, *a: (calls.append(len(nodes)), real_embed(nodes, *a)))
+    monkeypatch.setattr(
+        rag.index, "embed_sentences", lambda papers, *a: (calls.append(len(papers)), real_embed(papers, *a))[1]
+    )
     report = build_index(settings, progress=False)
     assert report.changed == 10 and len(calls) == 3  # 2 of 5 batches were written before the kill: not redone
     searcher = Assistant(settings).searcher
@@ -176,11 +180,11 @@ def test_sigkill_mid_embedding_then_next_build_finishes(tmp_path, isolated_index
 
     import rag.index
 
-    embedded, real_embed = set(), rag.index.embed_nodes
+    embedded, real_embed = set(), rag.index.embed_sentences
     monkeypatch.setattr(
         rag.index,
-        "embed_nodes",
-        lambda nodes, *a: (embedded.update(n.metadata["paper_id"] for n in nodes), real_embed(nodes, *a)),
+        "embed_sentences",
+        lambda papers, *a: (embedded.update(p.id for p in papers), real_embed(papers, *a))[1],
     )
     report = build_index(Settings(), progress=False)
     assert report.new == 120 and storage.live_version(isolated_index) != before
@@ -228,6 +232,45 @@ def test_index_built_with_another_model_is_refused(corpus, isolated_index):
         build_index(other, progress=False)
     with pytest.raises(IndexingError, match="built with the embedding model"):
         Assistant(other).search("anything")
+
+
+def test_answers_embed_the_question_only_and_stored_sentence_vectors_match_fresh_ones(fixture_index):
+    """Sentence vectors are computed at index time; answering embeds the question (and metadata lines), and the
+    stored vectors (int8 model, kept as float16) score like vectors computed now."""
+    import numpy as np
+
+    from rag.evidence import score_sentences
+
+    assistant = Assistant(Settings(index_dir=fixture_index, llm_backend="none"))
+    embedder = load_embedder("bundled")
+    embedded = []
+
+    def embed(texts):
+        embedded.extend(texts)
+        return embedder.get_text_embedding_batch(texts)
+
+    question = "How does proxy-tuning steer a black-box language model?"
+    hits = assistant.search(question, k=3)
+    stored = assistant.searcher.catalog.sentence_vectors([h.paper_id for h in hits])
+    assert set(stored) == {h.paper_id for h in hits}
+    with_stored = score_sentences(question, hits, assistant.searcher.papers, embed, stored)
+    assert embedded[0] == question and all(t.startswith(("Authors: ", "Year: ")) for t in embedded[1:])
+    fresh = score_sentences(question, hits, assistant.searcher.papers, embedder.get_text_embedding_batch)
+    by_quote = {ev.quote: ev.score for ev in fresh}
+    assert len(with_stored) == len(fresh)
+    assert max(abs(ev.score - by_quote[ev.quote]) for ev in with_stored) < 0.02
+    assert with_stored[0].quote == fresh[0].quote
+    for vectors in stored.values():
+        assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=0.01)
+
+
+def test_without_sentence_vectors_answers_embed_the_evidence_when_asked(corpus, isolated_index):
+    settings = Settings(sentence_vectors=False, llm_backend="none")
+    build_index(settings, [corpus], progress=False)
+    assistant = Assistant(settings)
+    assert assistant.searcher.catalog.sentence_vectors(list(assistant.searcher.papers)) == {}
+    answer = assistant.ask("How does proxy-tuning steer a black-box language model?")
+    assert not answer.refused and answer.evidence[0].title == PROXY
 
 
 def test_cli_index_search_and_config(corpus, capsys, monkeypatch):
