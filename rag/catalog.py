@@ -58,7 +58,6 @@ WORD = re.compile(r"(?u)\b\w\w+\b")  # bm25s's default token pattern
 BM25_K1, BM25_B = 1.5, 0.75  # bm25s's defaults (Lucene's BM25)
 RERANK_POOL = 200  # chunks FTS5 finds before they are rescored
 COMMON_SHARE = 0.2  # query terms in more chunks than this share only rescore, they do not select
-COMMON_CHUNKS = 2000  # ... nor terms in more chunks than this: FTS5 ranks every chunk a selecting term is in
 
 
 @lru_cache(maxsize=1)
@@ -228,9 +227,8 @@ class CatalogReader:
         """(paper_id, score, chunk text) for the best chunks, best first, visible papers only; higher is better.
 
         FTS5 finds the RERANK_POOL best chunks by its built-in bm25() over the query's selective terms (those in at
-        most COMMON_SHARE of the chunks and at most COMMON_CHUNKS chunks; the 3 rarest at least), so a query with
-        "model" or "language" does not rank most of a large corpus (hybrid p50 at 100k synthetic abstracts: see
-        README "Index at scale"); those chunks are rescored over every query term with Lucene's BM25 (k1 1.5,
+        most COMMON_SHARE of the chunks; the 3 rarest at least), so a query with "model" or "language" does not
+        rank most of a large corpus; those chunks are rescored over every query term with Lucene's BM25 (k1 1.5,
         b 0.75, idf log(1 + ...)), the variant bm25s computes: dev Recall@5 0.946 as with bm25s (FTS5's own
         ranking, k1 1.2 and an idf clamped to ~0 for terms in half the chunks, gave 0.921).
         """
@@ -246,8 +244,7 @@ class CatalogReader:
         known = sorted((t for t in terms if df.get(t)), key=lambda t: df[t])
         if not known:
             return []
-        common = min(COMMON_SHARE * chunks, COMMON_CHUNKS)  # the share below 10k chunks (dev, SciFact): unchanged
-        selective = [t for i, t in enumerate(known) if i < 3 or df[t] <= common]
+        selective = [t for i, t in enumerate(known) if i < 3 or df[t] <= COMMON_SHARE * chunks]
         rows = self._candidates(selective, max(RERANK_POOL, limit))
         if len(rows) < limit and len(selective) < len(known):  # too few chunks hold a rare term: use them all
             rows = self._candidates(known, max(RERANK_POOL, limit))
