@@ -59,7 +59,7 @@ def index_plain(persist_dir: str) -> dict:
     from rag.index import BUNDLED_SOURCE, load_papers
 
     imported = time.perf_counter()
-    papers, _, _ = load_papers([BUNDLED_SOURCE], skip_bad=False)
+    papers, *_ = load_papers([BUNDLED_SOURCE], skip_bad=False)
     docs = [Document(id_=p.id, text=f"{p.title}\n\n{p.abstract}") for p in papers]
     embed_model = plain_embedder()
     client = chromadb.PersistentClient(path=persist_dir, settings=chromadb.Settings(anonymized_telemetry=False))

@@ -102,10 +102,18 @@ class Catalog:
         with self.conn:
             self.conn.execute("UPDATE papers SET removed = NULL WHERE removed > ?", (live,))
 
-    def current(self) -> dict[str, dict]:
-        """Every paper not removed: id -> {url, source, title_key, added} (live ones and staged ones)."""
-        rows = self.conn.execute("SELECT id, url, source, title, title_key, added FROM papers WHERE removed IS NULL")
-        return {r["id"]: dict(r) for r in rows}
+    def current(self, ids: list[str] | None = None, live: int = 0) -> dict[str, dict]:
+        """Every paper not removed: id -> {url, source, title_key, added} (live ones and staged ones); with `ids`,
+        only those and the staged ones (added after generation `live`)."""
+        query = "SELECT id, url, source, title, title_key, added FROM papers WHERE removed IS NULL"
+        if ids is None:
+            return {r["id"]: dict(r) for r in self.conn.execute(query)}
+        out = {r["id"]: dict(r) for r in self.conn.execute(f"{query} AND added > ?", (live,))}
+        for start in range(0, len(ids), 500):
+            part = ids[start : start + 500]
+            rows = self.conn.execute(f"{query} AND id IN ({','.join('?' * len(part))})", part)
+            out.update((r["id"], dict(r)) for r in rows)
+        return out
 
     def add(self, papers: list, chunks: dict[str, list[tuple[str, str]]], sentence_vectors: dict, generation: int):
         """Insert papers as of `generation`, with their chunks as (text shown, text BM25 indexes) and the vectors of
@@ -205,6 +213,13 @@ class CatalogReader:
         self._stats: tuple[int, float] | None = None
         self.papers = PaperTable(self)
         self.vocabulary = Vocabulary(self)
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their threads end)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -322,6 +337,19 @@ class PaperTable(Mapping):
     def values(self):
         rows = self._reader.conn.execute(f"SELECT * FROM papers WHERE {VISIBLE}", {"gen": self._reader.generation})
         return [self._row(r) for r in rows]
+
+    def titled(self, titles: list[str]) -> list[dict]:
+        """The papers whose normalized title is one of these titles'."""
+        keys, out = sorted({title_key_of(t) for t in titles}), []
+        for start in range(0, len(keys), 500):
+            part = keys[start : start + 500]
+            rows = self._reader.conn.execute(
+                f"SELECT * FROM papers WHERE title_key IN ({','.join('?' * len(part))}) "
+                "AND added <= ? AND (removed IS NULL OR removed > ?)",
+                [*part, self._reader.generation, self._reader.generation],
+            )
+            out += [self._row(r) for r in rows]
+        return out
 
 
 class Vocabulary:

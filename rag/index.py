@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rag import storage
-from rag.catalog import Catalog
+from rag.catalog import Catalog, CatalogReader
 from rag.corpus import CorpusError, Paper, corpus_files, merge, parse_file, title_key
 from rag.models import embed_model_label, load_embedder
 from rag.sentences import split_sentences
@@ -93,24 +93,64 @@ def check_model(manifest: dict, settings: Settings) -> None:
 
 
 def load_papers(
-    sources: list[str], skip_bad: bool, index_dir: Path = Path(".")
-) -> tuple[list[Paper], list[str], list[str]]:
-    """Parse every file of the sources; returns (merged papers, bad-file lines, notes). Raises CorpusError."""
-    papers, bad = [], []
+    sources: list[str],
+    skip_bad: bool,
+    index_dir: Path = Path("."),
+    known: dict[str, list[int]] | None = None,
+    indexed_like=None,
+) -> tuple[list[Paper], list[str], list[str], dict[str, list[int]]]:
+    """Parse every file of the sources; returns (merged papers, bad-file lines, notes, {file label: fingerprint} of
+    the files read). Raises CorpusError.
+
+    Files whose fingerprint (size, mtime) equals the one in `known` are not parsed, and `indexed_like(papers)`
+    gives the indexed papers the parsed ones may repeat or replace (same title), merged first as their files would
+    have been. That is how adding one file to a large index avoids re-reading every other one (at 10k synthetic
+    abstracts, parsing was 83% of adding one paper).
+    """
+    papers, bad, files = [], [], {}
     for source in sources:
         root = resolve_source(source, index_dir)
         for path in corpus_files([root]):
+            shown = source if path == root else f"{source}/{path.relative_to(root).as_posix()}"
+            stat = path.stat()
+            fingerprint = [stat.st_size, stat.st_mtime_ns]
+            if known and known.get(shown) == fingerprint:
+                files[shown] = fingerprint
+                continue
             try:
-                shown = source if path == root else f"{source}/{path.relative_to(root).as_posix()}"
                 for paper in parse_file(path):
                     paper.source = shown  # distinct for same-named files in different folders
                     papers.append(paper)
+                files[shown] = fingerprint
             except CorpusError as e:
                 if not skip_bad:
                     raise
                 bad.append(str(e))
+    if indexed_like is not None:
+        papers = indexed_like(papers) + papers
     merged, notes = merge(papers)
-    return merged, bad, notes
+    return merged, bad, notes, files
+
+
+def unchanged_files(live: dict, sources: list[str], index_dir: Path) -> dict[str, list[int]]:
+    """The live index's file fingerprints when every file it was built from is still there, unchanged (then only
+    new files need parsing); else {} (a file changed or went away: every file is parsed again)."""
+    known = live.get("files") or {}
+    if not known:
+        return {}
+    for label, fingerprint in known.items():
+        source = next((s for s in sources if label == s or label.startswith(f"{s}/")), None)
+        if source is None:
+            return {}
+        root = resolve_source(source, index_dir)
+        path = root if label == source else root / label[len(source) + 1 :]
+        try:
+            stat = path.stat()
+        except OSError:
+            return {}
+        if [stat.st_size, stat.st_mtime_ns] != fingerprint:
+            return {}
+    return known
 
 
 def chunk_papers(papers: list[Paper], embedder, chunk_tokens: int) -> list:
@@ -201,7 +241,23 @@ def build_index(
         missing = [s for s in sources if not resolve_source(s, index_dir).exists()]
         for s in missing:
             report.notes.append(f"{s} no longer exists: its papers are removed from the index")
-        papers, report.bad_files, notes = load_papers([s for s in sources if s not in missing], skip_bad, index_dir)
+        # Every file of the live index unchanged: only new files are read, and compared with the indexed papers
+        # of the same titles only; nothing else of the index is read
+        known = {} if rebuild or not live else unchanged_files(live, sources, index_dir)
+        indexed_like, looked_up = None, []  # the indexed papers compared (kept, or replaced by a new version)
+        if known:
+            reader = CatalogReader(storage.catalog_path(index_dir, live["store"]), live["generation"])
+
+            def indexed_like(papers: list[Paper]) -> list[Paper]:
+                looked_up.extend(Paper(**row) for row in reader.papers.titled([p.title for p in papers]))
+                return looked_up
+
+        present = [s for s in sources if s not in missing]
+        try:
+            papers, report.bad_files, notes, files = load_papers(present, skip_bad, index_dir, known, indexed_like)
+        finally:
+            if known:
+                reader.close()
         report.notes += notes
 
         fresh = rebuild or not live
@@ -212,20 +268,23 @@ def build_index(
         catalog = Catalog(storage.catalog_path(index_dir, store))
         try:
             catalog.undo_unpublished_removals(live_gen)
-            current = catalog.current()
+            current = catalog.current([p.id for p in papers + looked_up] if known else None, live_gen)
             visible = {pid: row for pid, row in current.items() if row["added"] <= live_gen}
             added, changed, removed, relabelled = diff(visible, papers)
-            report.papers, report.new, report.changed = len(papers), len(added), len(changed)
+            report.papers = live["papers"] if known else len(papers)  # (counted from the catalog when published)
+            report.new, report.changed = len(added), len(changed)
             report.removed = len(removed) - len(changed)
             report.metadata_updated = len(relabelled)
             wanted = {p.id for p in papers}
             staged = [pid for pid, row in current.items() if row["added"] > live_gen]
             if not fresh and not (added or changed or removed or relabelled or staged) and sources == live["sources"]:
+                if files != live.get("files"):  # touched, not changed: remember, so the next build skips them
+                    storage.publish(index_dir, {**live, "files": files})
                 storage.mark_building(index_dir, None)
                 report.chunks = live["chunks"]
                 report.seconds = time.perf_counter() - started
                 return report
-            if not papers:
+            if not papers and not known:
                 raise IndexingError("no papers to index: every source is gone or empty")
 
             vectors = PaperVectors(settings, storage.store_dir(index_dir, store), store)
@@ -246,6 +305,7 @@ def build_index(
                     "chunk_tokens": settings.chunk_tokens,
                     "chroma": settings.chroma_url or "embedded",
                     "sources": sources,
+                    "files": files,
                     "papers": report.papers,
                     "chunks": report.chunks,
                     "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -50,7 +50,7 @@ def test_no_chunk_exceeds_the_embedding_window():
     from llama_index.core.schema import MetadataMode
 
     embedder = load_embedder("bundled")
-    papers, _, _ = load_papers([str(FIXTURE_CORPUS)], skip_bad=False)
+    papers, *_ = load_papers([str(FIXTURE_CORPUS)], skip_bad=False)
     nodes = chunk_papers(papers, embedder, 256)
     lengths = [len(embedder.tokenizer.encode(n.get_content(MetadataMode.EMBED))) for n in nodes]
     assert max(lengths) <= 256
@@ -97,6 +97,59 @@ def test_incremental_reindex(corpus, isolated_index, monkeypatch, chroma_mode):
     assert len(searcher.papers) == 10 and removed_title not in {p["title"] for p in searcher.papers.values()}
     assert len(list(isolated_index.glob("store-*"))) == 1  # updated in place, no copy
     assert searcher.vectors.count() == 10  # the replaced and removed papers' vectors are deleted
+
+
+def test_adding_a_file_parses_only_that_file(corpus, tmp_path, isolated_index, monkeypatch):
+    import os
+
+    import rag.index
+
+    settings = Settings()
+    build_index(settings, [corpus], progress=False)
+    parsed = []
+    real_parse = rag.index.parse_file
+    monkeypatch.setattr(rag.index, "parse_file", lambda path: (parsed.append(path.name), real_parse(path))[1])
+    added = tmp_path / "added.jsonl"
+    write_records(added, [{"title": "A Brand New Paper", "abstract": "We introduce a brand new benchmark for tests."}])
+
+    report = build_index(settings, [added], progress=False)
+    assert parsed == ["added.jsonl"]  # the unchanged corpus file is not parsed again: its papers come from the catalog
+    assert (report.papers, report.new, report.changed, report.removed) == (11, 1, 0, 0)
+    assert Assistant(settings).search("brand new benchmark", k=1)[0].title == "A Brand New Paper"
+
+    parsed.clear()
+    assert build_index(settings, progress=False).new == 0 and parsed == []  # nothing changed: nothing parsed
+
+    proxy = next(r for r in records(corpus) if r["title"] == PROXY)
+    again, longer = tmp_path / "again.jsonl", tmp_path / "longer.jsonl"
+    write_records(again, [proxy])  # a paper already indexed, from another file: the same paper
+    report = build_index(settings, [again], progress=False)
+    assert (report.papers, report.new, report.changed, report.metadata_updated) == (11, 0, 0, 0)
+    write_records(longer, [{**proxy, "abstract": proxy["abstract"] + " A longer, revised abstract."}])
+    report = build_index(settings, [longer], progress=False)  # a revised version: the longer abstract replaces it
+    assert (report.papers, report.new, report.changed, report.removed) == (11, 0, 1, 0)
+    hits = Assistant(settings).search("proxy-tuning black-box", k=3)
+    assert [h.title for h in hits].count(PROXY) == 1
+    assert Assistant(settings).searcher.papers[hits[0].paper_id]["abstract"].endswith("revised abstract.")
+    again.unlink()
+    longer.unlink()  # gone: every file is parsed again, and the first version of the paper is back
+    report = build_index(settings, progress=False)
+    assert (report.papers, report.changed) == (11, 1)
+    parsed.clear()
+
+    rows = records(corpus)
+    removed_title = rows.pop(0)["title"]
+    write_records(corpus, rows)  # an earlier file changed: every file is parsed, and the removal is seen
+    report = build_index(settings, progress=False)
+    assert sorted(parsed) == ["added.jsonl", "papers.jsonl"] and (report.papers, report.removed) == (10, 1)
+    assert removed_title not in {h.title for h in Assistant(settings).search(removed_title, k=10)}
+
+    parsed.clear()
+    stat = added.stat()
+    os.utime(added, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched, not changed: parsed once more
+    assert build_index(settings, progress=False).new == 0 and sorted(parsed) == ["added.jsonl", "papers.jsonl"]
+    parsed.clear()
+    assert build_index(settings, progress=False).new == 0 and parsed == []
 
 
 def test_interrupted_build_leaves_the_previous_index(corpus, isolated_index, monkeypatch, chroma_mode):
@@ -332,7 +385,7 @@ def test_embedder_is_thread_safe_and_matches_the_float32_reference():
 
     import numpy as np
 
-    papers, _, _ = load_papers([str(FIXTURE_CORPUS)], skip_bad=False)
+    papers, *_ = load_papers([str(FIXTURE_CORPUS)], skip_bad=False)
     texts = [p.abstract for p in papers]
     embedder = load_embedder("bundled")
     alone = [embedder.get_text_embedding_batch(texts[i : i + 3]) for i in range(0, len(texts), 3)]
