@@ -264,10 +264,14 @@ def select(scored: list[Evidence], per_paper: int, limit: int, threshold: float,
     return chosen
 
 
+TWO_LETTER_ACRONYM = re.compile(r"\b[A-Z]{2}\b")
+
+
 def topic_words(question: str, vocabulary) -> tuple[list[str], list[str]]:
-    """(the question's words of 3+ characters with a letter, those that occur nowhere in the corpus), compared
-    stemmed and split like the BM25 tokenizer splits ("Llama2-70B" -> "llama2", "70b")."""
-    tokens = re.findall(r"[^\W_]{3,}", question.lower())
+    """(the question's words of 3+ characters with a letter, and its two-letter acronyms ("KV", "RL"); those that
+    occur nowhere in the corpus), compared stemmed and split like the BM25 tokenizer splits ("Llama2-70B" ->
+    "llama2", "70b")."""
+    tokens = re.findall(r"[^\W_]{3,}", question.lower()) + [a.lower() for a in TWO_LETTER_ACRONYM.findall(question)]
     words = list(dict.fromkeys(w for w in tokens if w not in STOPWORDS and not w[0].isdigit()))
     return words, [w for w, s in zip(words, stems(words)) if s not in vocabulary]
 

@@ -141,6 +141,14 @@ def test_asked_kind_and_topic_words():
     words, unknown = topic_words("Camera-trap species detection with proxies", {"proxi", "detect"})
     assert words == ["camera", "trap", "species", "detection", "proxies"]
     assert unknown == ["camera", "trap", "species"]
+    # a two-letter acronym is a topic too: a corpus that never says "KV" cannot answer about the KV cache
+    words, unknown = topic_words("Which papers reduce the memory of the KV cache?", {"reduc", "memori", "cach"})
+    assert words == ["reduce", "memory", "cache", "kv"] and unknown == ["kv"]
+    middling = [Evidence(1, "p", "T", "u", "QFT reduces the model state memory to 21%.", 0.5, 1)]
+    reason = refusal_reason(
+        "Which papers reduce the memory of the KV cache?", middling, {"reduc", "memori", "cach"}, 0.35, 0.15
+    )
+    assert "never mention 'kv'" in reason
 
 
 def test_followups_are_searched_with_the_previous_question():
