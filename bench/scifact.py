@@ -104,11 +104,20 @@ def measure(data: Path, index_dir: Path, modes: list[str], evidence: bool = True
     return out
 
 
+OUTCOMES = (
+    "rationale in evidence",
+    "its paper gave evidence, another sentence",
+    "its paper in the top papers, under the evidence floor",
+    "its paper not in the top papers",
+    "refused",
+)
+
+
 def measure_evidence(assistant, corpus: dict, claims: list[dict], ids_by_title: dict) -> dict:
     """For claims with rationales: the answer's evidence (backend none) against the experts' rationale sentences."""
     from rag.corpus import title_key
 
-    rows = []
+    rows, outcomes = [], dict.fromkeys(OUTCOMES, 0)
     for c in claims:
         if not c["rationales"]:
             continue
@@ -121,7 +130,21 @@ def measure_evidence(assistant, corpus: dict, claims: list[dict], ids_by_title: 
             )
             for ev in answer.evidence
         ]
-        rows.append({"id": c["id"], "refused": answer.refused, "marks": marks})
+        gold = set(c["rationales"])
+        top = assistant.search(c["claim"], k=assistant.settings.answer_papers)  # the papers an answer scores
+        found = [bool(ids_by_title.get(title_key(h.title), set()) & gold) for h in top]
+        rows.append({"id": c["id"], "refused": answer.refused, "marks": marks, "first": found[:1] == [True]})
+        rows[-1]["in_top"] = any(found)
+        if answer.refused:
+            outcomes["refused"] += 1
+        elif any(marks):
+            outcomes["rationale in evidence"] += 1
+        elif any(ids_by_title.get(title_key(ev.title), set()) & gold for ev in answer.evidence):
+            outcomes["its paper gave evidence, another sentence"] += 1
+        elif any(found):
+            outcomes["its paper in the top papers, under the evidence floor"] += 1
+        else:
+            outcomes["its paper not in the top papers"] += 1
     n = len(rows)
     shown = [m for r in rows for m in r["marks"]]
     return {
@@ -131,6 +154,9 @@ def measure_evidence(assistant, corpus: dict, claims: list[dict], ids_by_title: 
         "evidence_precision": round(sum(shown) / max(1, len(shown)), 4),
         "evidence_per_claim": round(len(shown) / n, 2),
         "refused": round(sum(r["refused"] for r in rows) / n, 4),
+        "rationale_paper_first": round(sum(r["first"] for r in rows) / n, 4),  # retrieval's ceiling, with:
+        "rationale_paper_in_top_papers": round(sum(r["in_top"] for r in rows) / n, 4),
+        "outcomes": outcomes,  # where each claim's rationale ended up
     }
 
 
