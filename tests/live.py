@@ -63,11 +63,6 @@ def assert_cited(text: str, extra: dict):
 
 
 def openai_backend(index_dir, url, **kw) -> Settings:
-    return Settings(
-        index_dir=index_dir,
-        llm_backend="openai",
-        openai_base_url=url,
-        openai_model="drip",
-        openai_retries=1,
-        **kw,
-    )
+    """Settings for the `openai` backend at `url`; keyword arguments override any setting, these defaults too."""
+    defaults = {"openai_model": "drip", "openai_retries": 1}
+    return Settings(index_dir=index_dir, llm_backend="openai", openai_base_url=url, **{**defaults, **kw})

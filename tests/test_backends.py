@@ -20,6 +20,7 @@ from rag.answer import Answer
 from rag.llm import make_llm
 from rag.models import ModelError, gguf_location
 from rag.settings import Settings
+from tests.live import openai_backend
 
 QUESTION = "How much of the gap to the truly-tuned chat model does proxy-tuning close for Llama2-70B?"
 PROXY = "Tuning Language Models by Proxy"
@@ -98,14 +99,7 @@ def llama_server():
 
 
 def openai_settings(index_dir, base_url, **kw) -> Settings:
-    return Settings(
-        index_dir=index_dir,
-        llm_backend="openai",
-        openai_base_url=base_url,
-        openai_model="smollm2",
-        openai_retries=0,
-        **kw,
-    )
+    return openai_backend(index_dir, base_url, **{"openai_model": "smollm2", "openai_retries": 0, **kw})
 
 
 @pytest.mark.slow
