@@ -179,19 +179,19 @@ class Catalog:
 
 
 def pack_vectors(vectors) -> bytes:
-    """Sentence vectors as stored: float16 rows with their dimension first (half the disk of float32; dot products
-    change in the 4th decimal)."""
+    """Sentence vectors (one row each, at least one) as stored: float16 rows with their dimension first (half the
+    disk of float32; dot products change in the 4th decimal)."""
     import numpy as np
 
     array = np.asarray(vectors, dtype=np.float16)
-    return np.int32(array.shape[1] if array.ndim == 2 else 0).tobytes() + array.tobytes()
+    return np.int32(array.shape[1]).tobytes() + array.tobytes()
 
 
 def unpack_vectors(blob: bytes):
     import numpy as np
 
     dim = int(np.frombuffer(blob[:4], dtype=np.int32)[0])
-    return np.frombuffer(blob[4:], dtype=np.float16).astype(np.float32).reshape(-1, dim) if dim else None
+    return np.frombuffer(blob[4:], dtype=np.float16).astype(np.float32).reshape(-1, dim)
 
 
 def title_key_of(title: str) -> str:
@@ -292,7 +292,7 @@ class CatalogReader:
         marks = ",".join("?" * len(ids))
         try:
             rows = self.conn.execute(f"SELECT paper_id, vectors FROM sentence_vectors WHERE paper_id IN ({marks})", ids)
-            return {pid: vectors for pid, blob in rows if (vectors := unpack_vectors(blob)) is not None}
+            return {pid: unpack_vectors(blob) for pid, blob in rows}
         except sqlite3.OperationalError:  # a catalog written before the table existed
             return {}
 

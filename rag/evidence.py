@@ -208,7 +208,7 @@ def score_sentences(
         paper = papers[hit.paper_id]
         sentences = paper_sentences(paper)
         known = stored.get(hit.paper_id)
-        if known is None or len(known) > len(sentences) or len(known) != len(split_sentences(paper["abstract"])):
+        if known is None or len(known) != len(split_sentences(paper["abstract"])):
             known = []  # indexed before sentence vectors were stored, or split differently: embed them now
         for i, sentence in enumerate(sentences):
             rows.append((hit, paper, sentence))
