@@ -131,7 +131,7 @@ def query(index_dir: str, plain_dir: str, n_ask: str) -> dict:
     }
     out["search"]["plain"] = timed_searches(lambda q: plain.search(q, k=10), questions)
     embedder = load_embedder(assistant.settings.embed_model)
-    out["search"]["embed_query"] = timed_searches(embedder.get_query_embedding, questions)
+    out["search"]["embed_query"] = timed_searches(lambda q: embedder.encode([q]), questions)
     subset = questions[:: max(1, len(questions) // int(n_ask))][: int(n_ask)]
     out["ask"] = ask_ours(assistant, subset)
     out["ask_plain"] = ask_plain(plain, assistant.llm, subset)

@@ -227,15 +227,13 @@ class Assistant:
         setup = self.loaded_setup() if generate else self._setup
         deadline = Deadline(setup.settings.llm_deadline)  # from when asked; a first-use model load is not counted
         backend = setup.describe() if generate else EVIDENCE_ONLY
-        embedder = load_embedder(
-            setup.settings.embed_model, setup.settings.embed_batch_size, setup.settings.embed_runtime
-        )
+        embedder = load_embedder(setup.settings.embed_model, setup.settings.embed_runtime)
         for item in answering.run(
             question,
             history,
             settings=setup.settings,
             searcher=self.searcher,
-            embed=embedder.get_text_embedding_batch,
+            embed=embedder.encode,
             llm=setup.llm if generate else None,
             backend=backend,
             k=k,

@@ -62,10 +62,20 @@ COMMON_SHARE = 0.2  # query terms in more chunks than this share only rescore, t
 
 @lru_cache(maxsize=1)
 def _stemmer_and_stopwords():
-    import Stemmer
-    from bm25s.stopwords import STOPWORDS_EN
+    """PyStemmer's english stemmer and bm25s's English stopwords. The stopword module is loaded from its file:
+    `import bm25s` runs the package's __init__ (scipy.sparse and more, 0.35 s of opening an index, measured)."""
+    import importlib.util
 
-    return Stemmer.Stemmer("english"), frozenset(STOPWORDS_EN)
+    import Stemmer
+
+    package = importlib.util.find_spec("bm25s")
+    if package is None or not package.submodule_search_locations:
+        raise ImportError("the package 'bm25s' is not installed (pip install bm25s)")
+    path = Path(list(package.submodule_search_locations)[0]) / "stopwords.py"
+    spec = importlib.util.spec_from_file_location("bm25s_stopwords", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return Stemmer.Stemmer("english"), frozenset(module.STOPWORDS_EN)
 
 
 def bm25_terms(text: str) -> list[str]:

@@ -354,7 +354,7 @@ def write_batches(settings, papers, catalog, vectors, generation, report, progre
 
     if not papers:
         return
-    embedder = load_embedder(settings.embed_model, settings.embed_batch_size, settings.embed_runtime)
+    embedder = load_embedder(settings.embed_model, settings.embed_runtime)
     with tqdm(total=len(papers), desc="Indexing", unit="paper", disable=not progress, file=sys.stderr) as bar:
         step = settings.index_batch_papers
         for start in range(0, len(papers), step):
@@ -388,7 +388,7 @@ def embed_texts(texts: list[str], embedder, batch_size: int) -> list[list[float]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     for start in range(0, len(order), batch_size):
         part = order[start : start + batch_size]
-        for i, vector in zip(part, embedder.get_text_embedding_batch([texts[i] for i in part])):
+        for i, vector in zip(part, embedder.encode([texts[i] for i in part])):
             out[i] = vector
     return out
 

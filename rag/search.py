@@ -66,7 +66,7 @@ class Searcher:
 
     def embed_query(self, query: str) -> list[float]:
         s = self.settings
-        return load_embedder(s.embed_model, s.embed_batch_size, s.embed_runtime).get_query_embedding(query)
+        return load_embedder(s.embed_model, s.embed_runtime).encode([query])[0]
 
     def ranked_papers(self, query: str, mode: str) -> list[tuple[str, float, str]]:
         """(paper_id, score, snippet text) best first, for one retrieval mode, published papers only."""

@@ -300,7 +300,7 @@ def test_answers_embed_the_question_only_and_stored_sentence_vectors_match_fresh
 
     def embed(texts):
         embedded.extend(texts)
-        return embedder.get_text_embedding_batch(texts)
+        return embedder.encode(texts)
 
     question = "How does proxy-tuning steer a black-box language model?"
     hits = assistant.search(question, k=3)
@@ -308,7 +308,7 @@ def test_answers_embed_the_question_only_and_stored_sentence_vectors_match_fresh
     assert set(stored) == {h.paper_id for h in hits}
     with_stored = score_sentences(question, hits, assistant.searcher.papers, embed, stored)
     assert embedded[0] == question and all(t.startswith(("Authors: ", "Year: ")) for t in embedded[1:])
-    fresh = score_sentences(question, hits, assistant.searcher.papers, embedder.get_text_embedding_batch)
+    fresh = score_sentences(question, hits, assistant.searcher.papers, embedder.encode)
     by_quote = {ev.quote: ev.score for ev in fresh}
     assert len(with_stored) == len(fresh)
     assert max(abs(ev.score - by_quote[ev.quote]) for ev in with_stored) < 0.02
@@ -388,16 +388,16 @@ def test_embedder_is_thread_safe_and_matches_the_float32_reference():
     papers, *_ = load_papers([str(FIXTURE_CORPUS)], skip_bad=False)
     texts = [p.abstract for p in papers]
     embedder = load_embedder("bundled")
-    alone = [embedder.get_text_embedding_batch(texts[i : i + 3]) for i in range(0, len(texts), 3)]
+    alone = [embedder.encode(texts[i : i + 3]) for i in range(0, len(texts), 3)]
     with ThreadPoolExecutor(8) as pool:
         together = list(
-            pool.map(lambda i: embedder.get_text_embedding_batch(texts[i : i + 3]), range(0, len(texts), 3))
+            pool.map(lambda i: embedder.encode(texts[i : i + 3]), range(0, len(texts), 3))
         )
         counted = list(pool.map(embedder.token_ids, texts * 4))
     assert np.allclose(np.asarray(sum(alone, [])), np.asarray(sum(together, [])), atol=1e-5)
     assert counted == [embedder.token_ids(t) for t in texts] * 4
 
-    reference = np.asarray(load_embedder("bundled", runtime="onnx").get_text_embedding_batch(texts))
+    reference = np.asarray(load_embedder("bundled", runtime="onnx").encode(texts))
     cosine = (np.asarray(sum(alone, [])) * reference).sum(1)
     assert cosine.min() > 0.97, cosine
 
