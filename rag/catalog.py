@@ -26,6 +26,8 @@ from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from pathlib import Path
 
+from rag.bm25 import BM25_B, BM25_K1, Segment, needs_segment, remove_segments, write_segment
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS papers (
     id TEXT PRIMARY KEY, title TEXT NOT NULL, abstract TEXT NOT NULL, url TEXT NOT NULL, source TEXT NOT NULL,
@@ -51,13 +53,16 @@ CREATE VIRTUAL TABLE IF NOT EXISTS chunk_terms
     USING fts5(terms, tokenize="unicode61 remove_diacritics 0 tokenchars '_'");
 CREATE VIRTUAL TABLE IF NOT EXISTS chunk_vocab USING fts5vocab(chunk_terms, 'row');
 CREATE TABLE IF NOT EXISTS sentence_vectors (paper_id TEXT PRIMARY KEY, vectors BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS bm25_segment (
+    id INTEGER PRIMARY KEY CHECK (id = 0), name TEXT NOT NULL, last_rowid INTEGER NOT NULL, chunks INTEGER NOT NULL
+);
 """
 VISIBLE = "added <= :gen AND (removed IS NULL OR removed > :gen)"
 PAPER_KEYS = ("id", "title", "abstract", "url", "source", "authors", "year")
 WORD = re.compile(r"(?u)\b\w\w+\b")  # bm25s's default token pattern
-BM25_K1, BM25_B = 1.5, 0.75  # bm25s's defaults (Lucene's BM25)
 RERANK_POOL = 200  # chunks FTS5 finds before they are rescored
 COMMON_SHARE = 0.2  # query terms in more chunks than this share only rescore, they do not select
+SEGMENT_SLACK = 20  # more chunks asked of a segment than wanted: some may belong to papers removed since
 
 
 @lru_cache(maxsize=1)
@@ -130,6 +135,12 @@ class Catalog:
         their abstract's sentences (one per sentence; none stored for papers missing from `sentence_vectors`), in one
         transaction."""
         with self.conn:
+            # never below the segment's last rowid: SQLite reuses the rowids of deleted last rows, and a reused one
+            # would be scored by the segment as the chunk it held before (and missed by FTS5, which only looks after)
+            rowid = self.conn.execute(
+                "SELECT max(coalesce((SELECT max(rowid) FROM chunks), 0), "
+                "coalesce((SELECT last_rowid FROM bm25_segment), 0))"
+            ).fetchone()[0]
             for p in papers:
                 texts = chunks[p.id]
                 self._delete_chunks([p.id])  # a staged copy from a killed build
@@ -144,12 +155,12 @@ class Catalog:
                 )
                 for text, indexed in texts:
                     terms = bm25_terms(indexed)
-                    row = self.conn.execute(
-                        "INSERT INTO chunks (paper_id, text, length) VALUES (?, ?, ?)", (p.id, text, len(terms))
-                    )
+                    rowid += 1
                     self.conn.execute(
-                        "INSERT INTO chunk_terms (rowid, terms) VALUES (?, ?)", (row.lastrowid, " ".join(terms))
+                        "INSERT INTO chunks (rowid, paper_id, text, length) VALUES (?, ?, ?, ?)",
+                        (rowid, p.id, text, len(terms)),
                     )
+                    self.conn.execute("INSERT INTO chunk_terms (rowid, terms) VALUES (?, ?)", (rowid, " ".join(terms)))
 
     def finish(self, generation: int, live: int, removed: list[str], relabelled: list) -> None:
         """One transaction before publishing: staged papers join `generation`, removals are marked, metadata
@@ -170,6 +181,25 @@ class Catalog:
                 self._delete_chunks(part)
                 self.conn.execute(f"DELETE FROM papers WHERE id IN ({','.join('?' * len(part))})", part)
 
+    def update_segment(self, progress: bool = False) -> bool:
+        """Write a new BM25 segment (rag/bm25.py) of every chunk when enough were written since the live one;
+        whether it did. A killed write leaves a temporary folder, removed by the next one."""
+        live = self.conn.execute("SELECT name, last_rowid, chunks FROM bm25_segment").fetchone()
+        covered, last = (live["chunks"], live["last_rowid"]) if live else (0, 0)
+        since = self.conn.execute("SELECT count(*) FROM chunks WHERE rowid > ?", (last,)).fetchone()[0]
+        if not needs_segment(covered, since):
+            return False
+        folder = segments_dir(self.path)
+        name = f"upto-{self.conn.execute('SELECT max(rowid) FROM chunks').fetchone()[0]}"
+        rows = self.conn.execute("SELECT rowid, terms FROM chunk_terms ORDER BY rowid")
+        meta = write_segment(rows, covered + since, folder, name, progress)
+        with self.conn:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO bm25_segment VALUES (0, ?, ?, ?)", (name, meta["last_rowid"], meta["chunks"])
+            )
+        remove_segments(folder, keep=name)
+        return True
+
     def removed_ids(self, generation: int) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT id FROM papers WHERE removed <= ?", (generation,))]
 
@@ -186,6 +216,10 @@ class Catalog:
             f"SELECT count(*), coalesce(sum(chunks), 0) FROM papers WHERE {VISIBLE}", {"gen": generation}
         ).fetchone()
         return row[0], row[1]
+
+
+def segments_dir(catalog_path: Path) -> Path:
+    return catalog_path.parent / "bm25"
 
 
 def pack_vectors(vectors) -> bytes:
@@ -221,6 +255,8 @@ class CatalogReader:
         self.path, self.generation = path, generation
         self._local = threading.local()
         self._stats: tuple[int, float] | None = None
+        self._segment: tuple[str, Segment | None] = ("", None)  # (name, mapped segment)
+        self._segment_lock = threading.Lock()
         self.papers = PaperTable(self)
         self.vocabulary = Vocabulary(self)
 
@@ -251,48 +287,99 @@ class CatalogReader:
     def bm25(self, query: str, limit: int) -> list[tuple[str, float, str]]:
         """(paper_id, score, chunk text) for the best chunks, best first, visible papers only; higher is better.
 
-        FTS5 finds the RERANK_POOL best chunks by its built-in bm25() over the query's selective terms (those in at
-        most COMMON_SHARE of the chunks; the 3 rarest at least), so a query with "model" or "language" does not
-        rank most of a large corpus; those chunks are rescored over every query term with Lucene's BM25 (k1 1.5,
-        b 0.75, idf log(1 + ...)), the variant bm25s computes: dev Recall@5 0.946 as with bm25s (FTS5's own
-        ranking, k1 1.2 and an idf clamped to ~0 for terms in half the chunks, gave 0.921).
+        Lucene's BM25 (k1 1.5, b 0.75, idf log(1 + ...)), the variant bm25s computes. A large catalog's chunks are
+        scored through its segment (rag/bm25.py), every chunk holding a query term, exactly. The chunks written
+        after the segment (all of them in a small catalog) are found by FTS5: its built-in bm25() picks the
+        RERANK_POOL best over the query's selective terms (those in at most COMMON_SHARE of the chunks; the 3
+        rarest at least), so a query with "model" or "language" does not rank most of the corpus, and they are
+        rescored with Lucene's BM25: dev Recall@5 0.946 as with bm25s (FTS5's own ranking, k1 1.2 and an idf
+        clamped to ~0 for terms in half the chunks, gave 0.921). With a segment, its mean chunk length serves both.
         """
         query_terms = bm25_terms(query)  # a repeated word counts once per occurrence, as in bm25s
         terms = list(dict.fromkeys(query_terms))
         if not terms:
             return []
         chunks, avg_len = self.stats()
-        marks = ",".join("?" * len(terms))
-        df = {
-            r[0]: r[1] for r in self.conn.execute(f"SELECT term, doc FROM chunk_vocab WHERE term IN ({marks})", terms)
-        }
-        known = sorted((t for t in terms if df.get(t)), key=lambda t: df[t])
+        segment = self.segment()
+        after = segment.last_rowid if segment else 0
+        later = self.conn.execute("SELECT max(rowid) > ? FROM chunks", (after,)).fetchone()[0]
+        df = Counter(segment.df(terms) if segment else {})
+        if later:
+            df.update(self._df(terms, after))
+        known = sorted((t for t in terms if df[t]), key=lambda t: df[t])
         if not known:
             return []
-        selective = [t for i, t in enumerate(known) if i < 3 or df[t] <= COMMON_SHARE * chunks]
-        rows = self._candidates(selective, max(RERANK_POOL, limit))
-        if len(rows) < limit and len(selective) < len(known):  # too few chunks hold a rare term: use them all
-            rows = self._candidates(known, max(RERANK_POOL, limit))
-        idf = {t: math.log(1 + (chunks - df.get(t, 0) + 0.5) / (df.get(t, 0) + 0.5)) for t in terms}
+        idf = {t: math.log(1 + (chunks - df[t] + 0.5) / (df[t] + 0.5)) for t in terms}
         scored = []
-        for pid, indexed, text in rows:
-            words = indexed.split()
-            counts = Counter(words)
-            norm = BM25_K1 * (1 - BM25_B + BM25_B * len(words) / avg_len)
-            score = sum(idf[t] * counts[t] * (BM25_K1 + 1) / (counts[t] + norm) for t in query_terms if counts[t])
-            scored.append((pid, score, text))
-        scored.sort(key=lambda r: -r[1])
-        return scored[:limit]
+        if segment:
+            avg_len = segment.avg_len
+            best = segment.best(query_terms, idf, limit + SEGMENT_SLACK)
+            shown = self._chunks([rowid for rowid, _ in best])
+            scored += [(*shown[rowid], score) for rowid, score in best if rowid in shown]
+        if later:
+            pool = max(RERANK_POOL, limit)
+            selective = [t for i, t in enumerate(known) if i < 3 or df[t] <= COMMON_SHARE * chunks]
+            rows = self._candidates(selective, pool, after)
+            if len(rows) < limit and len(selective) < len(known):  # too few chunks hold a rare term: use them all
+                rows = self._candidates(known, pool, after)
+            for pid, indexed, text in rows:
+                words = indexed.split()
+                counts = Counter(words)
+                norm = BM25_K1 * (1 - BM25_B + BM25_B * len(words) / avg_len)
+                score = sum(idf[t] * counts[t] * (BM25_K1 + 1) / (counts[t] + norm) for t in query_terms if counts[t])
+                scored.append((pid, text, score))
+        scored.sort(key=lambda r: -r[2])
+        return [(pid, score, text) for pid, text, score in scored[:limit]]
 
-    def _candidates(self, terms: list[str], pool: int) -> list:
-        """(paper_id, indexed terms, text) of the best chunks by FTS5 for any of `terms`, visible papers only."""
+    def _df(self, terms: list[str], after: int) -> dict[str, int]:
+        """term -> how many chunks after rowid `after` hold it (fts5vocab counts them all when `after` is 0)."""
+        if not after:
+            marks = ",".join("?" * len(terms))
+            rows = self.conn.execute(f"SELECT term, doc FROM chunk_vocab WHERE term IN ({marks})", terms)
+            return {r[0]: r[1] for r in rows}
+        query = "SELECT count(*) FROM chunk_terms WHERE chunk_terms MATCH ? AND rowid > ?"
+        return {t: self.conn.execute(query, (f'"{t}"', after)).fetchone()[0] for t in terms}
+
+    def _candidates(self, terms: list[str], pool: int, after: int) -> list:
+        """(paper_id, indexed terms, text) of the best chunks by FTS5 for any of `terms` among those after rowid
+        `after`, visible papers only."""
         return self.conn.execute(
             "SELECT c.paper_id, t.terms, c.text FROM "
-            "(SELECT rowid, terms, rank FROM chunk_terms WHERE chunk_terms MATCH ? ORDER BY rank LIMIT ?) AS t "
+            "(SELECT rowid, terms, rank FROM chunk_terms WHERE chunk_terms MATCH ? AND rowid > ? "
+            "ORDER BY rank LIMIT ?) AS t "
             "JOIN chunks c ON c.rowid = t.rowid JOIN papers p ON p.id = c.paper_id "
             "WHERE p.added <= ? AND (p.removed IS NULL OR p.removed > ?)",
-            (" OR ".join(f'"{t}"' for t in terms), pool, self.generation, self.generation),
+            (" OR ".join(f'"{t}"' for t in terms), after, pool, self.generation, self.generation),
         ).fetchall()
+
+    def _chunks(self, rowids: list[int]) -> dict[int, tuple[str, str]]:
+        """rowid -> (paper_id, text) of these chunks, visible papers only."""
+        if not rowids:
+            return {}
+        rows = self.conn.execute(
+            "SELECT c.rowid, c.paper_id, c.text FROM chunks c JOIN papers p ON p.id = c.paper_id "
+            f"WHERE c.rowid IN ({','.join('?' * len(rowids))}) "
+            "AND p.added <= ? AND (p.removed IS NULL OR p.removed > ?)",
+            [*rowids, self.generation, self.generation],
+        )
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    def segment(self) -> Segment | None:
+        """The catalog's live BM25 segment, mapped once per reader; None without one (small catalogs, or one
+        written before segments existed) or when it was just replaced (FTS5 then finds every chunk)."""
+        try:
+            row = self.conn.execute("SELECT name FROM bm25_segment").fetchone()
+        except sqlite3.OperationalError:  # a catalog written before the table existed
+            return None
+        if row is None:
+            return None
+        with self._segment_lock:
+            if self._segment[0] != row[0]:
+                try:
+                    self._segment = (row[0], Segment(segments_dir(self.path) / row[0]))
+                except (OSError, ValueError):
+                    return None
+            return self._segment[1]
 
     def sentence_vectors(self, ids: list[str]) -> dict:
         """paper id -> the vectors of its abstract's sentences (float32, one row per sentence), computed at index
@@ -371,5 +458,8 @@ class Vocabulary:
     def __contains__(self, stem: object) -> bool:
         if not isinstance(stem, str):
             return False
+        segment = self._reader.segment()
+        if segment and stem in segment.columns:  # fts5vocab reads a term's whole doclist: 4 ms for a common one
+            return True
         row = self._reader.conn.execute("SELECT 1 FROM chunk_vocab WHERE term = ? LIMIT 1", (stem,)).fetchone()
         return row is not None

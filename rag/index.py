@@ -316,6 +316,9 @@ def build_index(
             gone = catalog.removed_ids(generation)
             vectors.delete(gone)
             catalog.purge(gone)
+            t = time.perf_counter()
+            if catalog.update_segment(progress):  # BM25 postings for large catalogs (rag/bm25.py)
+                report.bm25_seconds = time.perf_counter() - t
         finally:
             catalog.close()
         if fresh:

@@ -90,10 +90,7 @@ class PaperVectors:
             yield from self.collection.get(include=[], limit=page, offset=offset)["ids"]
 
     def query(self, vector: list[float], n: int) -> list[tuple[str, float]]:
-        """(paper id, cosine similarity) best first."""
-        n = min(n, self.count())
-        if n <= 0:
-            return []
+        """(paper id, cosine similarity) best first; fewer than n when the collection holds fewer."""
         got = self.collection.query(query_embeddings=[vector], n_results=n, include=["distances"])
         return [(pid, 1.0 - dist) for pid, dist in zip(got["ids"][0], got["distances"][0])]
 

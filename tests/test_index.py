@@ -390,9 +390,7 @@ def test_embedder_is_thread_safe_and_matches_the_float32_reference():
     embedder = load_embedder("bundled")
     alone = [embedder.encode(texts[i : i + 3]) for i in range(0, len(texts), 3)]
     with ThreadPoolExecutor(8) as pool:
-        together = list(
-            pool.map(lambda i: embedder.encode(texts[i : i + 3]), range(0, len(texts), 3))
-        )
+        together = list(pool.map(lambda i: embedder.encode(texts[i : i + 3]), range(0, len(texts), 3)))
         counted = list(pool.map(embedder.token_ids, texts * 4))
     assert np.allclose(np.asarray(sum(alone, [])), np.asarray(sum(together, [])), atol=1e-5)
     assert counted == [embedder.token_ids(t) for t in texts] * 4
