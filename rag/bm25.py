@@ -30,9 +30,10 @@ SEGMENT_MIN_CHUNKS = 5_000  # below this many chunks, FTS5 alone is fast enough 
 SEGMENT_GROWTH = 0.1  # a new segment when the chunks written since the last one reach this share of it
 
 
-def needs_segment(covered: int, since: int) -> bool:
-    """Whether to write a new segment: `covered` chunks are in the live one, `since` were written after it."""
-    return covered + since >= SEGMENT_MIN_CHUNKS and since >= max(1, SEGMENT_GROWTH * covered)
+def needs_segment(covered: int, changed: int) -> bool:
+    """Whether to write a new segment: `covered` chunks are in the live one, `changed` were written or deleted
+    since."""
+    return covered + changed >= SEGMENT_MIN_CHUNKS and changed >= max(1, SEGMENT_GROWTH * covered)
 
 
 def write_segment(rows, total: int, folder: Path, name: str, progress: bool = False) -> dict:

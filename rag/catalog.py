@@ -187,7 +187,8 @@ class Catalog:
         live = self.conn.execute("SELECT name, last_rowid, chunks FROM bm25_segment").fetchone()
         covered, last = (live["chunks"], live["last_rowid"]) if live else (0, 0)
         since = self.conn.execute("SELECT count(*) FROM chunks WHERE rowid > ?", (last,)).fetchone()[0]
-        if not needs_segment(covered, since):
+        kept = self.conn.execute("SELECT count(*) FROM chunks WHERE rowid <= ?", (last,)).fetchone()[0]
+        if not needs_segment(covered, since + covered - kept):  # chunks written since, and deleted since
             return False
         folder = segments_dir(self.path)
         name = f"upto-{self.conn.execute('SELECT max(rowid) FROM chunks').fetchone()[0]}"
@@ -313,8 +314,13 @@ class CatalogReader:
         scored = []
         if segment:
             avg_len = segment.avg_len
-            best = segment.best(query_terms, idf, limit + SEGMENT_SLACK)
-            shown = self._chunks([rowid for rowid, _ in best])
+            size = limit + SEGMENT_SLACK
+            while True:  # chunks of papers removed since the segment was written are skipped: ask for more
+                best = segment.best(query_terms, idf, size)
+                shown = self._chunks([rowid for rowid, _ in best])
+                if len(shown) >= limit or len(best) < size:
+                    break
+                size *= 4
             scored += [(*shown[rowid], score) for rowid, score in best if rowid in shown]
         if later:
             pool = max(RERANK_POOL, limit)
