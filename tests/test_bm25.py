@@ -38,9 +38,8 @@ def add_paper(path, title, abstract):
 
 
 @pytest.fixture
-def segmented(tmp_path, isolated_index, monkeypatch):
-    """The fixture corpus indexed with a BM25 segment (written at any size here); a writable copy of its file."""
-    monkeypatch.setattr(rag.bm25, "SEGMENT_MIN_CHUNKS", 0)
+def segmented(tmp_path, isolated_index):
+    """The fixture corpus indexed (with its BM25 segment); a writable copy of its file."""
     corpus = tmp_path / "papers.jsonl"
     shutil.copy(FIXTURE_CORPUS, corpus)
     report = build_index(Settings(), [corpus], progress=False)
