@@ -21,6 +21,7 @@ import math
 import re
 import sqlite3
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from functools import lru_cache
@@ -120,7 +121,9 @@ class Catalog:
     def current(self, ids: list[str] | None = None, live: int = 0) -> dict[str, dict]:
         """Every paper not removed: id -> {url, source, title_key, added} (live ones and staged ones); with `ids`,
         only those and the staged ones (added after generation `live`)."""
-        query = "SELECT id, url, source, title, title_key, added FROM papers WHERE removed IS NULL"
+        # `+removed`: not through the index on `removed`, where every live paper is NULL (0.19 s at 100k papers);
+        # the staged ones come through the index on `added`, the asked ones through the primary key
+        query = "SELECT id, url, source, title, title_key, added FROM papers WHERE +removed IS NULL"
         if ids is None:
             return {r["id"]: dict(r) for r in self.conn.execute(query)}
         out = {r["id"]: dict(r) for r in self.conn.execute(f"{query} AND added > ?", (live,))}
@@ -187,11 +190,11 @@ class Catalog:
         live = self.conn.execute("SELECT name, last_rowid, chunks FROM bm25_segment").fetchone()
         covered, last = (live["chunks"], live["last_rowid"]) if live else (0, 0)
         since = self.conn.execute("SELECT count(*) FROM chunks WHERE rowid > ?", (last,)).fetchone()[0]
-        kept = self.conn.execute("SELECT count(*) FROM chunks WHERE rowid <= ?", (last,)).fetchone()[0]
-        if not needs_segment(covered, since + covered - kept):  # chunks written since, and deleted since
+        total = self.conn.execute("SELECT chunks FROM totals").fetchone()[0]  # kept by triggers: no table scan
+        if not needs_segment(covered, since + covered - (total - since)):  # chunks written since, and deleted
             return False
         folder = segments_dir(self.path)
-        name = f"upto-{self.conn.execute('SELECT max(rowid) FROM chunks').fetchone()[0]}"
+        name = f"segment-{time.time_ns()}"  # a new name each time: the live one may be mapped by readers
         rows = self.conn.execute("SELECT rowid, terms FROM chunk_terms ORDER BY rowid")
         meta = write_segment(rows, covered + since, folder, name, progress)
         with self.conn:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -386,13 +387,18 @@ def node_text(node) -> str:
 
 
 def embed_texts(texts: list[str], embedder, batch_size: int) -> list[list[float]]:
-    """The vectors of `texts`, in order; texts of similar length are batched together (less padding)."""
+    """The vectors of `texts`, in order; texts of similar length are batched together (less padding).
+
+    `embedder.parallel` batches of batch_size / parallel texts run at once, so as many texts are in flight as with
+    one batch of batch_size (ONNX Runtime keeps each run's activations: same peak memory)."""
     out: list = [None] * len(texts)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    for start in range(0, len(order), batch_size):
-        part = order[start : start + batch_size]
-        for i, vector in zip(part, embedder.encode([texts[i] for i in part])):
-            out[i] = vector
+    size = max(1, batch_size // embedder.parallel)
+    parts = [order[start : start + size] for start in range(0, len(order), size)]
+    with ThreadPoolExecutor(embedder.parallel) as pool:
+        for part, vectors in zip(parts, pool.map(lambda part: embedder.encode([texts[i] for i in part]), parts)):
+            for i, vector in zip(part, vectors):
+                out[i] = vector
     return out
 
 
