@@ -187,7 +187,7 @@ def main() -> None:
     rows = [json.loads(line) for line in DEV_SET.read_text().splitlines()]
     answerable = [r["question"] for r in rows if r["type"] != "unanswerable"]
     absent = [r["question"] for r in rows if r["type"] == "unanswerable"]
-    n = {"none": 12 if args.quick else 48, "llamacpp": 8 if args.quick else 24}
+    n = {"none": 12 if args.quick else 180, "llamacpp": 8 if args.quick else 24}  # none: each question 3 times
     report = {"machine": machine(), "levels": list(LEVELS), "backends": {}}
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         work = Path(tmp)
@@ -196,7 +196,7 @@ def main() -> None:
             proc, url, startup = start_server(index_dir, backend, work / f"serve-{backend}.log")
             try:
                 result = {"startup_seconds": startup, "first_question": first_vs_later(url, answerable[:4])}
-                questions = (answerable + absent)[: n[backend]]
+                questions = ((answerable + absent) * 3)[: n[backend]]
                 result["clients"] = {c: run_clients(url, questions, c) for c in LEVELS}
                 if backend == "llamacpp":
                     evidence_model = openai.OpenAI(base_url=f"{url}/v1", api_key="none", timeout=600)
