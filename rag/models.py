@@ -98,7 +98,7 @@ class OnnxEmbedding:
         # questions each get a core instead of spinning against each other.
         options.intra_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.parallel = os.cpu_count() or 1
+        self.parallel = min(os.cpu_count() or 1, 8)  # measured on 2; more would make batches of 1-2 texts
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.inputs = {i.name for i in self.session.get_inputs()}
         from tokenizers import Tokenizer

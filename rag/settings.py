@@ -26,7 +26,7 @@ class Settings(BaseSettings):
         "onnx-int8",
         description="Embedding runtime: onnx-int8 (ONNX Runtime, int8 weights, exported on first use), onnx or torch.",
     )
-    embed_batch_size: int = Field(16, description="Chunks embedded per batch while indexing.")
+    embed_batch_size: int = Field(16, description="Chunks embedded at once while indexing (split over the cores).")
     index_batch_papers: int = Field(
         256, description="Papers chunked, embedded and committed together; a killed build redoes at most one batch."
     )
