@@ -282,6 +282,7 @@ def build_index(
                 if files != live.get("files"):  # touched, not changed: remember, so the next build skips them
                     storage.publish(index_dir, {**live, "files": files})
                 storage.mark_building(index_dir, None)
+                catalog.update_segment(progress)  # one a killed build did not finish writing
                 report.chunks = live["chunks"]
                 report.seconds = time.perf_counter() - started
                 return report

@@ -105,3 +105,31 @@ def test_added_removed_and_readded_papers_stay_searchable(segmented, isolated_in
     assert top_title(reader, "axolotl narwhal caching") == "Axolotl Caching"  # its generation, from the new segment
     assert not reader.bm25("capybara wombat", 5)  # not published when this reader opened
     assert top_title(reader_of(isolated_index), "capybara wombat sharding") == "Capybara Sharding"
+
+
+def test_segment_a_killed_build_did_not_write_is_written_by_the_next(tmp_path, isolated_index, monkeypatch):
+    import rag.catalog
+
+    corpus = tmp_path / "papers.jsonl"
+    shutil.copy(FIXTURE_CORPUS, corpus)
+    real_write = rag.catalog.write_segment
+
+    def killed(rows, total, folder, name, progress=False):
+        (folder / f"tmp-{name}").mkdir(parents=True)  # what a build killed mid-write leaves
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rag.catalog, "write_segment", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(Settings(), [corpus], progress=False)
+    reader = reader_of(isolated_index)  # published before the segment: search answers through FTS5
+    assert reader.segment() is None
+    assert top_title(reader, "decoding-time algorithm steering a black-box LM") == "Tuning Language Models by Proxy"
+
+    monkeypatch.setattr(rag.catalog, "write_segment", real_write)
+    again = build_index(Settings(), progress=False)  # nothing new to index, but the segment is written
+    assert again.new == 0
+    segment = reader.segment()
+    assert segment is not None and [p.name for p in segments_dir(reader.path).iterdir()] == [
+        reader.conn.execute("SELECT name FROM bm25_segment").fetchone()[0]
+    ]  # the killed write's folder is gone
+    assert top_title(reader, "decoding-time algorithm steering a black-box LM") == "Tuning Language Models by Proxy"
