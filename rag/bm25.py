@@ -1,12 +1,12 @@
-"""BM25 postings on disk, memory-mapped: the candidate finder for large catalogs.
+"""BM25 postings on disk, memory-mapped: how the catalog's chunks are scored.
 
 FTS5 (rag/catalog.py) finds candidate chunks by ranking every chunk that holds one of the query's selective terms:
 at 100k papers a term in 20% of the chunks makes that 33k chunks, and BM25 search took 302 ms (p50). A segment
-holds, for each term, the chunks it is in and its BM25 weight in each (tf (k1 + 1) / (tf + k1 (1 - b + b dl / avgdl)),
-without the idf), term by term in compressed-column arrays (the layout bm25s uses) that are memory-mapped, not read:
-a query adds idf x weight over its terms' columns with numpy and keeps the best chunks. The idf is the catalog's
-current one, so a segment and the chunks written after it (found by FTS5) are scored alike; the catalog rescores
-every candidate from its stored terms, so a segment only decides which chunks are looked at.
+holds, for each term, the chunks it is in and its BM25 weight in each (`bm25_weight`: the score without the idf),
+term by term in compressed-column arrays (the layout bm25s uses) that are memory-mapped, not read: a query adds
+idf x weight over its terms' columns with numpy, which scores every chunk holding a query term exactly. The idf is
+the catalog's current one, so the segment's chunks and those written after it (found by FTS5 and weighted by the
+same function) are scored alike.
 
 bm25s itself is not used for the segment: it stores scores with its own idf baked in, so a segment could not share
 the idf of the chunks added since, and it loads its vocabulary and arrays at once.
@@ -36,6 +36,12 @@ def needs_segment(covered: int, changed: int) -> bool:
     return changed >= max(1, SEGMENT_GROWTH * covered)
 
 
+def bm25_weight(tf, length, avg_len: float):
+    """Lucene's BM25 term weight without the idf, for a term `tf` times in a chunk of `length` terms (numbers or
+    numpy arrays)."""
+    return tf * (BM25_K1 + 1) / (tf + BM25_K1 * (1 - BM25_B + BM25_B * length / avg_len))
+
+
 def write_segment(rows, total: int, folder: Path, name: str, progress: bool = False) -> dict:
     """Write a segment of `rows` (`total` pairs (rowid, space-separated terms), ordered by rowid) to folder/name,
     with a progress bar on stderr; its meta."""
@@ -58,7 +64,7 @@ def write_segment(rows, total: int, folder: Path, name: str, progress: bool = Fa
     tf = np.frombuffer(tf_of, dtype=np.int32).astype(np.float32)
     length = np.frombuffer(lengths, dtype=np.int32).astype(np.float32)
     avg_len = max(float(length.mean()) if len(length) else 1.0, 1.0)
-    weights = tf * (BM25_K1 + 1) / (tf + BM25_K1 * (1 - BM25_B + BM25_B * length[docs] / avg_len))
+    weights = bm25_weight(tf, length[docs], avg_len)
     order = np.argsort(cols, kind="stable")  # column by column, chunks in rowid order within each
     indptr = np.zeros(len(vocabulary) + 1, dtype=np.int64)
     np.cumsum(np.bincount(cols, minlength=len(vocabulary)), out=indptr[1:])

@@ -27,7 +27,7 @@ from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from pathlib import Path
 
-from rag.bm25 import BM25_B, BM25_K1, Segment, needs_segment, remove_segments, write_segment
+from rag.bm25 import Segment, bm25_weight, needs_segment, remove_segments, write_segment
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS papers (
@@ -191,12 +191,13 @@ class Catalog:
         covered, last = (live["chunks"], live["last_rowid"]) if live else (0, 0)
         since = self.conn.execute("SELECT count(*) FROM chunks WHERE rowid > ?", (last,)).fetchone()[0]
         total = self.conn.execute("SELECT chunks FROM totals").fetchone()[0]  # kept by triggers: no table scan
-        if not needs_segment(covered, since + covered - (total - since)):  # chunks written since, and deleted
+        deleted = covered - (total - since)
+        if not needs_segment(covered, since + deleted):
             return False
         folder = segments_dir(self.path)
         name = f"segment-{time.time_ns()}"  # a new name each time: the live one may be mapped by readers
         rows = self.conn.execute("SELECT rowid, terms FROM chunk_terms ORDER BY rowid")
-        meta = write_segment(rows, covered + since, folder, name, progress)
+        meta = write_segment(rows, total, folder, name, progress)
         with self.conn:
             self.conn.execute(
                 "INSERT OR REPLACE INTO bm25_segment VALUES (0, ?, ?, ?)", (name, meta["last_rowid"], meta["chunks"])
@@ -291,13 +292,14 @@ class CatalogReader:
     def bm25(self, query: str, limit: int) -> list[tuple[str, float, str]]:
         """(paper_id, score, chunk text) for the best chunks, best first, visible papers only; higher is better.
 
-        Lucene's BM25 (k1 1.5, b 0.75, idf log(1 + ...)), the variant bm25s computes. A large catalog's chunks are
+        Lucene's BM25 (k1 1.5, b 0.75, idf log(1 + ...)), the variant bm25s computes. The catalog's chunks are
         scored through its segment (rag/bm25.py), every chunk holding a query term, exactly. The chunks written
-        after the segment (all of them in a small catalog) are found by FTS5: its built-in bm25() picks the
-        RERANK_POOL best over the query's selective terms (those in at most COMMON_SHARE of the chunks; the 3
-        rarest at least), so a query with "model" or "language" does not rank most of the corpus, and they are
-        rescored with Lucene's BM25: dev Recall@5 0.946 as with bm25s (FTS5's own ranking, k1 1.2 and an idf
-        clamped to ~0 for terms in half the chunks, gave 0.921). With a segment, its mean chunk length serves both.
+        after the segment (all of them in a catalog written before segments existed) are found by FTS5: its
+        built-in bm25() picks the RERANK_POOL best over the query's selective terms (those in at most COMMON_SHARE
+        of the chunks; the 3 rarest at least), so a query with "model" or "language" does not rank most of the
+        corpus, and they are rescored with Lucene's BM25: dev Recall@5 0.946 as with bm25s (FTS5's own ranking,
+        k1 1.2 and an idf clamped to ~0 for terms in half the chunks, gave 0.921). With a segment, its mean chunk
+        length serves both.
         """
         query_terms = bm25_terms(query)  # a repeated word counts once per occurrence, as in bm25s
         terms = list(dict.fromkeys(query_terms))
@@ -334,8 +336,7 @@ class CatalogReader:
             for pid, indexed, text in rows:
                 words = indexed.split()
                 counts = Counter(words)
-                norm = BM25_K1 * (1 - BM25_B + BM25_B * len(words) / avg_len)
-                score = sum(idf[t] * counts[t] * (BM25_K1 + 1) / (counts[t] + norm) for t in query_terms if counts[t])
+                score = sum(idf[t] * bm25_weight(counts[t], len(words), avg_len) for t in query_terms if counts[t])
                 scored.append((pid, text, score))
         scored.sort(key=lambda r: -r[2])
         return [(pid, score, text) for pid, text, score in scored[:limit]]

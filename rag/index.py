@@ -319,7 +319,7 @@ def build_index(
             vectors.delete(gone)
             catalog.purge(gone)
             t = time.perf_counter()
-            if catalog.update_segment(progress):  # BM25 postings for large catalogs (rag/bm25.py)
+            if catalog.update_segment(progress):  # BM25 postings (rag/bm25.py)
                 report.bm25_seconds = time.perf_counter() - t
         finally:
             catalog.close()

@@ -3,7 +3,7 @@
     index/manifest.json          the live manifest: store, generation, embedding model, sources, counts. Written
                                  last by a build (atomic rename): what it names is what search shows.
     index/store-<id>/catalog.sqlite   papers and chunk texts with BM25 (rag/catalog.py), rows tagged by generation
-    index/store-<id>/bm25/<name>/   a large catalog's BM25 segment, memory-mapped (rag/bm25.py)
+    index/store-<id>/bm25/<name>/   the catalog's BM25 segment, memory-mapped (rag/bm25.py)
     index/store-<id>/chroma/     embedded Chroma holding collection papers-<id> (absent with RAG_CHROMA_URL: then
                                  the collection lives on the Chroma server)
     index/building.json          what a running build does: the sources it was asked for (a killed build's are
