@@ -13,7 +13,8 @@ the idf of the chunks added since, and it loads its vocabulary and arrays at onc
 
 Files, in `<store>/bm25/<name>/`: meta.json (terms in column order, chunks, mean length, last rowid covered),
 indptr.npy, docs.npy (position of the chunk, ordered by rowid), weights.npy, rowids.npy (position -> chunk rowid).
-A segment is written to a temporary folder and renamed into place; the catalog names the live one.
+A segment is written to a temporary folder (with its spilled postings, postings.bin, until placed) and renamed into
+place; the catalog names the live one.
 """
 
 from __future__ import annotations
@@ -44,46 +45,127 @@ def bm25_weight(tf, length, avg_len: float):
 
 def write_segment(rows, total: int, folder: Path, name: str, progress: bool = False) -> dict:
     """Write a segment of `rows` (`total` pairs (rowid, space-separated terms), ordered by rowid) to folder/name,
-    with a progress bar on stderr; its meta."""
+    with a progress bar on stderr; its meta.
+
+    Memory is bounded by BLOCK_POSTINGS, the vocabulary and 12 bytes a chunk, not by the postings: the rows are
+    read once, their (column, chunk, term frequency) postings spilled to a temporary file; then the postings are
+    placed a block at a time into the memory-mapped columns at their offsets (a counting sort on disk), the written
+    pages handed back to the page cache after each block. Sorting every posting in memory at once peaked at 485 MB
+    for 167k chunks (100k synthetic papers), against 145 MB this way, with the same files and time."""
     import numpy as np
     from tqdm import tqdm
 
+    tmp = folder / f"tmp-{name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     vocabulary: dict[str, int] = {}
     rowids, lengths = array("q"), array("i")
-    doc_of, col_of, tf_of = array("i"), array("i"), array("i")
+    spill = Spill(tmp / "postings.bin")
     rows = tqdm(rows, total=total, desc="BM25 segment", unit="chunk", disable=not progress, file=sys.stderr)
     for position, (rowid, terms) in enumerate(rows):
         words = terms.split()
         counts = Counter(words)
         rowids.append(rowid)
         lengths.append(len(words))
-        doc_of.extend([position] * len(counts))
-        col_of.extend(vocabulary.setdefault(t, len(vocabulary)) for t in counts)
-        tf_of.extend(counts.values())
-    docs, cols = np.frombuffer(doc_of, dtype=np.int32), np.frombuffer(col_of, dtype=np.int32)
-    tf = np.frombuffer(tf_of, dtype=np.int32).astype(np.float32)
+        spill.add(position, [vocabulary.setdefault(t, len(vocabulary)) for t in counts], counts.values())
+    df = spill.close(len(vocabulary))
     length = np.frombuffer(lengths, dtype=np.int32).astype(np.float32)
     avg_len = max(float(length.mean()) if len(length) else 1.0, 1.0)
-    weights = bm25_weight(tf, length[docs], avg_len)
-    order = np.argsort(cols, kind="stable")  # column by column, chunks in rowid order within each
     indptr = np.zeros(len(vocabulary) + 1, dtype=np.int64)
-    np.cumsum(np.bincount(cols, minlength=len(vocabulary)), out=indptr[1:])
+    np.cumsum(df, out=indptr[1:])
+    np.save(tmp / "indptr.npy", indptr)
+    np.save(tmp / "rowids.npy", np.frombuffer(rowids, dtype=np.int64))
+    docs, weights = (
+        np.lib.format.open_memmap(tmp / f"{what}.npy", mode="w+", dtype=dtype, shape=(max(1, int(indptr[-1])),))
+        for what, dtype in (("docs", np.int32), ("weights", np.float32))
+    )  # (an empty file cannot be mapped: an unused place when there is no posting)
+    filled = indptr[:-1].copy()  # next free place in each column
+    for cols, chunk, tf in spill.blocks():
+        order = np.argsort(cols, kind="stable")  # by column, chunks in rowid order within each (blocks are too)
+        cols, chunk, tf = cols[order], chunk[order], tf[order]
+        first = np.flatnonzero(np.r_[True, cols[1:] != cols[:-1]])  # where each column's run starts
+        rank = np.arange(len(cols)) - np.repeat(first, np.diff(np.r_[first, len(cols)]))
+        place = filled[cols] + rank
+        docs[place] = chunk
+        weights[place] = bm25_weight(tf.astype(np.float32), length[chunk], avg_len)
+        filled += np.bincount(cols, minlength=len(vocabulary))
+        for mapped in (docs, weights):
+            release(mapped)
+    del docs, weights
+    spill.path.unlink()
     meta = {
         "terms": list(vocabulary),
         "chunks": len(rowids),
         "avg_len": avg_len,
         "last_rowid": rowids[-1] if rowids else 0,
     }
-    tmp = folder / f"tmp-{name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    np.save(tmp / "indptr.npy", indptr)
-    np.save(tmp / "docs.npy", docs[order])
-    np.save(tmp / "weights.npy", weights[order].astype(np.float32))
-    np.save(tmp / "rowids.npy", np.frombuffer(rowids, dtype=np.int64))
     (tmp / "meta.json").write_text(json.dumps(meta))
     tmp.rename(folder / name)
     return meta
+
+
+BLOCK_POSTINGS = 500_000  # postings placed at once when a segment is written: about 100 MB of work arrays
+
+
+class Spill:
+    """(column, chunk, term frequency) postings appended to a file as int32 triples, read back in blocks of
+    BLOCK_POSTINGS; also counts each column's postings (its document frequency)."""
+
+    def __init__(self, path: Path):
+        import numpy as np
+
+        self.path = path
+        self.file = path.open("wb")
+        self.columns, self.chunks, self.tfs = array("i"), array("i"), array("i")
+        self.df = np.zeros(0, dtype=np.int64)
+
+    def add(self, chunk: int, columns: list[int], tfs) -> None:
+        self.columns.extend(columns)
+        self.chunks.extend([chunk] * len(columns))
+        self.tfs.extend(tfs)
+        if len(self.columns) >= BLOCK_POSTINGS:
+            self.flush()
+
+    def flush(self) -> None:
+        import numpy as np
+
+        columns = np.frombuffer(self.columns, dtype=np.int32)
+        counts = np.bincount(columns, minlength=len(self.df))
+        counts[: len(self.df)] += self.df
+        self.df = counts
+        np.column_stack(
+            [columns, np.frombuffer(self.chunks, dtype=np.int32), np.frombuffer(self.tfs, dtype=np.int32)]
+        ).tofile(self.file)
+        self.columns, self.chunks, self.tfs = array("i"), array("i"), array("i")
+
+    def close(self, columns: int):
+        """Flush and close; the document frequency of each of the `columns` columns."""
+        import numpy as np
+
+        self.flush()
+        self.file.close()
+        return np.pad(self.df, (0, columns - len(self.df)))
+
+    def blocks(self):
+        import numpy as np
+
+        with self.path.open("rb") as f:
+            while True:
+                block = np.fromfile(f, dtype=np.int32, count=3 * BLOCK_POSTINGS).reshape(-1, 3)
+                if not len(block):
+                    return
+                yield block[:, 0].copy(), block[:, 1].copy(), block[:, 2].copy()
+
+
+def release(mapped) -> None:
+    """Drop a memory-mapped array's pages from this process's memory; they stay in the page cache, the written ones
+    marked for writing to the file (Linux's MADV_DONTNEED on a shared file mapping). Placing postings touches
+    pages all over the file, which would otherwise all count as this process's memory by the end."""
+    import mmap
+
+    handle = getattr(mapped, "_mmap", None)  # numpy.memmap's mmap object
+    if handle is not None and hasattr(mmap, "MADV_DONTNEED"):
+        handle.madvise(mmap.MADV_DONTNEED)
 
 
 def remove_segments(folder: Path, keep: str | None) -> None:

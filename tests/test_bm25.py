@@ -71,6 +71,24 @@ def test_segment_ranks_like_bm25s(segmented, isolated_index):
         assert [round(s, 3) for _, s, _ in ours] == [round(float(expected[i]), 3) for i in best], query
 
 
+def test_segment_written_in_small_blocks_is_the_same(segmented, isolated_index, tmp_path, monkeypatch):
+    """Postings are placed a block at a time (bounded memory): blocks of 7 postings give the same arrays."""
+    import numpy as np
+
+    reader = reader_of(isolated_index)
+    live = segments_dir(reader.path) / reader.conn.execute("SELECT name FROM bm25_segment").fetchone()[0]
+    monkeypatch.setattr(rag.bm25, "BLOCK_POSTINGS", 7)
+    rows = reader.conn.execute("SELECT rowid, terms FROM chunk_terms ORDER BY rowid").fetchall()
+    out = tmp_path / "segments"
+    out.mkdir()
+    meta = rag.bm25.write_segment(rows, len(rows), out, "small-blocks")
+    assert meta == json.loads((live / "meta.json").read_text())
+    for name in ("indptr", "docs", "weights", "rowids"):
+        assert np.array_equal(np.load(live / f"{name}.npy"), np.load(out / "small-blocks" / f"{name}.npy")), name
+    assert [p.name for p in out.iterdir()] == ["small-blocks"]
+    assert sorted(p.name for p in (out / "small-blocks").iterdir()) == sorted(p.name for p in live.iterdir())
+
+
 def test_added_removed_and_readded_papers_stay_searchable(segmented, isolated_index, monkeypatch):
     settings = Settings()
     monkeypatch.setattr(rag.bm25, "SEGMENT_GROWTH", 1.0)  # the changes below keep the first segment
