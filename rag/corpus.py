@@ -384,29 +384,3 @@ def corpus_files(paths: list[str | Path]) -> list[Path]:
         else:
             raise CorpusError(p, None, "no such file or folder")
     return out
-
-
-def merge(papers: list[Paper]) -> tuple[list[Paper], list[str]]:
-    """One paper per normalized title.
-
-    The same title with the same abstract (43 titles of the bundled corpus appear in several scrapes) is one paper
-    listing every source. The same title with a different abstract (one bundled paper: a revised abstract) keeps the
-    longer abstract, the more complete version, and the choice is reported as a note.
-    """
-    by_title: dict[str, Paper] = {}
-    notes = []
-    for p in papers:
-        key = title_key(p.title)
-        where = f"{p.source}:{p.line}"
-        kept = by_title.get(key)
-        if kept is None:
-            p.sources = [where]
-            by_title[key] = p
-            continue
-        kept.sources.append(where)
-        if kept.abstract != p.abstract:
-            if len(p.abstract) > len(kept.abstract):
-                p.sources = kept.sources
-                by_title[key] = kept = p
-            notes.append(f"{p.title!r}: two different abstracts; kept the longer one ({kept.source}:{kept.line})")
-    return list(by_title.values()), notes

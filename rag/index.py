@@ -19,7 +19,8 @@ from pathlib import Path
 
 from rag import storage
 from rag.catalog import Catalog, CatalogReader
-from rag.corpus import CorpusError, Paper, corpus_files, merge, parse_file, title_key
+from rag.corpus import CorpusError, Paper, corpus_files, parse_file
+from rag.incoming import Incoming
 from rag.models import embed_model_label, load_embedder
 from rag.sentences import split_sentences
 from rag.settings import Settings
@@ -30,6 +31,7 @@ BUNDLED_DIR = Path(__file__).parent / "data" / "hf-papers"
 FORMAT = 2  # manifest format: 2 = stores written in place (1 was the generation-copy layout)
 CHUNK_OVERLAP = 0  # chunks end on sentence boundaries; an overlap added 15% more tokens to embed for no recall
 META_KEYS = ("paper_id", "title", "url", "source")
+INCOMING = "incoming.sqlite"  # the papers a build reads, merged and compared (rag/incoming.py); deleted after
 
 
 class IndexingError(RuntimeError):
@@ -93,44 +95,46 @@ def check_model(manifest: dict, settings: Settings) -> None:
         )
 
 
-def load_papers(
-    sources: list[str],
-    skip_bad: bool,
-    index_dir: Path = Path("."),
-    known: dict[str, list[int]] | None = None,
-    indexed_like=None,
-) -> tuple[list[Paper], list[str], list[str], dict[str, list[int]]]:
-    """Parse every file of the sources; returns (merged papers, bad-file lines, notes, {file label: fingerprint} of
-    the files read). Raises CorpusError.
+def read_sources(
+    sources: list[str], skip_bad: bool, index_dir: Path, known: dict[str, list[int]], incoming: Incoming
+) -> tuple[list[str], dict[str, list[int]]]:
+    """Parse every file of the sources into `incoming`, a paper at a time; returns (bad-file lines, {file label:
+    fingerprint} of the files read). Raises CorpusError.
 
-    Files whose fingerprint (size, mtime) equals the one in `known` are not parsed, and `indexed_like(papers)`
-    gives the indexed papers the parsed ones may repeat or replace (same title), merged first as their files would
-    have been. That is how adding one file to a large index avoids re-reading every other one (at 10k synthetic
-    abstracts, parsing was 83% of adding one paper).
+    Files whose fingerprint (size, mtime) equals the one in `known` are not parsed: adding one file to a large index
+    does not re-read every other one (at 10k synthetic abstracts, parsing was 83% of adding one paper).
     """
-    papers, bad, files = [], [], {}
+    bad, files = [], {}
     for source in sources:
         root = resolve_source(source, index_dir)
         for path in corpus_files([root]):
             shown = source if path == root else f"{source}/{path.relative_to(root).as_posix()}"
             stat = path.stat()
             fingerprint = [stat.st_size, stat.st_mtime_ns]
-            if known and known.get(shown) == fingerprint:
+            if known.get(shown) == fingerprint:
                 files[shown] = fingerprint
                 continue
             try:
                 for paper in parse_file(path):
                     paper.source = shown  # distinct for same-named files in different folders
-                    papers.append(paper)
+                    incoming.add(paper)
                 files[shown] = fingerprint
             except CorpusError as e:
                 if not skip_bad:
                     raise
                 bad.append(str(e))
-    if indexed_like is not None:
-        papers = indexed_like(papers) + papers
-    merged, notes = merge(papers)
-    return merged, bad, notes, files
+    return bad, files
+
+
+def load_papers(
+    sources: list[str], skip_bad: bool, index_dir: Path = Path(".")
+) -> tuple[list[Paper], list[str], list[str]]:
+    """The merged papers of the sources, in memory (for small corpora: tests, benchmarks); (papers, bad-file lines,
+    notes). Raises CorpusError."""
+    with Incoming() as incoming:
+        bad, _ = read_sources(sources, skip_bad, index_dir, {}, incoming)
+        notes = incoming.merge()
+        return [p for part in incoming.papers() for p in part], bad, notes
 
 
 def unchanged_files(live: dict, sources: list[str], index_dir: Path) -> dict[str, list[int]]:
@@ -185,25 +189,6 @@ def chunk_papers(papers: list[Paper], embedder, chunk_tokens: int) -> list:
     return splitter.get_nodes_from_documents(docs)
 
 
-def diff(old: dict[str, dict], new: list[Paper]) -> tuple[list[Paper], list[Paper], list[str], list[Paper]]:
-    """(new papers, changed papers, removed ids, papers whose url/source changed only) against the live papers."""
-    old_by_title = {p["title_key"]: pid for pid, p in old.items()}
-    new_ids = {p.id for p in new}
-    added, changed, relabelled = [], [], []
-    for p in new:
-        before = old.get(p.id)
-        if before is None:
-            was = old_by_title.get(title_key(p.title))
-            if was and was not in new_ids:
-                changed.append(p)
-            else:
-                added.append(p)
-        elif (before["url"], before["source"]) != (p.url, p.source):
-            relabelled.append(p)
-    removed = [pid for pid in old if pid not in new_ids]
-    return added, changed, removed, relabelled
-
-
 def build_index(
     settings: Settings,
     paths: list[str | Path] | None = None,
@@ -245,94 +230,97 @@ def build_index(
         # Every file of the live index unchanged: only new files are read, and compared with the indexed papers
         # of the same titles only; nothing else of the index is read
         known = {} if rebuild or not live else unchanged_files(live, sources, index_dir)
-        indexed_like, looked_up = None, []  # the indexed papers compared (kept, or replaced by a new version)
-        if known:
-            reader = CatalogReader(storage.catalog_path(index_dir, live["store"]), live["generation"])
-
-            def indexed_like(papers: list[Paper]) -> list[Paper]:
-                looked_up.extend(Paper(**row) for row in reader.papers.titled([p.title for p in papers]))
-                return looked_up
-
         present = [s for s in sources if s not in missing]
-        try:
-            papers, report.bad_files, notes, files = load_papers(present, skip_bad, index_dir, known, indexed_like)
-        finally:
-            if known:
-                reader.close()
-        report.notes += notes
-
-        fresh = rebuild or not live
-        store = storage.new_store_id() if fresh else live["store"]
-        live_gen = 0 if fresh else live["generation"]
-        generation = live_gen + 1
-        storage.mark_building(index_dir, store if fresh else None, sources)
-        catalog = Catalog(storage.catalog_path(index_dir, store))
-        try:
-            catalog.undo_unpublished_removals(live_gen)
-            current = catalog.current([p.id for p in papers + looked_up] if known else None, live_gen)
-            visible = {pid: row for pid, row in current.items() if row["added"] <= live_gen}
-            added, changed, removed, relabelled = diff(visible, papers)
-            report.papers = live["papers"] if known else len(papers)  # (counted from the catalog when published)
-            report.new, report.changed = len(added), len(changed)
-            report.removed = len(removed) - len(changed)
-            report.metadata_updated = len(relabelled)
-            wanted = {p.id for p in papers}
-            staged = [pid for pid, row in current.items() if row["added"] > live_gen]
-            if not fresh and not (added or changed or removed or relabelled or staged) and sources == live["sources"]:
-                if files != live.get("files"):  # touched, not changed: remember, so the next build skips them
-                    storage.publish(index_dir, {**live, "files": files})
-                storage.mark_building(index_dir, None)
-                catalog.update_segment(progress)  # one a killed build did not finish writing
-                report.chunks = live["chunks"]
-                report.seconds = time.perf_counter() - started
-                return report
-            if not papers and not known:
-                raise IndexingError("no papers to index: every source is gone or empty")
-
-            vectors = PaperVectors(settings, storage.store_dir(index_dir, store), store)
-            unwanted = [pid for pid in staged if pid not in wanted]  # a killed build's papers no longer asked for
-            vectors.delete(unwanted)
-            catalog.purge(unwanted)
-            to_embed = [p for p in added + changed if p.id not in current]  # staged ones are embedded already
-            write_batches(settings, to_embed, catalog, vectors, generation, report, progress)
-            catalog.finish(generation, live_gen, removed, relabelled)
-            report.papers, report.chunks = catalog.counts(generation)
-            storage.publish(
-                index_dir,
-                {
-                    "format": FORMAT,
-                    "store": store,
-                    "generation": generation,
-                    "embed_model": label,
-                    "chunk_tokens": settings.chunk_tokens,
-                    "chroma": settings.chroma_url or "embedded",
-                    "sources": sources,
-                    "files": files,
-                    "papers": report.papers,
-                    "chunks": report.chunks,
-                    "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                },
-            )
-            # Published. What follows only frees space; a kill here is cleaned up by the next build.
-            storage.mark_building(index_dir, None)
-            gone = catalog.removed_ids(generation)
-            vectors.delete(gone)
-            catalog.purge(gone)
-            t = time.perf_counter()
-            if catalog.update_segment(progress):  # BM25 postings (rag/bm25.py)
-                report.bm25_seconds = time.perf_counter() - t
-        finally:
-            catalog.close()
-        if fresh:
-            # the store that was live until now stays until the next rebuild: a running server still reads it
-            # until it has opened and warmed the new one
-            previous = live.get("store") if live else None
-            for old in storage.stale_stores(index_dir, store):
-                if old != previous:
-                    drop_store(settings, old)
-            storage.remove_legacy(index_dir)
-    report.seconds = time.perf_counter() - started
+        with Incoming(index_dir / INCOMING) as incoming:
+            report.bad_files, files = read_sources(present, skip_bad, index_dir, known, incoming)
+            if known:  # the indexed papers the new ones may repeat or replace, merged first as if read first
+                reader = CatalogReader(storage.catalog_path(index_dir, live["store"]), live["generation"])
+                try:
+                    for titles in incoming.titles():
+                        for row in reader.papers.titled(titles):
+                            incoming.add(Paper(**row), indexed=True)
+                finally:
+                    reader.close()
+            report.notes += incoming.merge()
+            publish_update(settings, incoming, live, sources, files, bool(known), rebuild, report, progress)
+        report.seconds = time.perf_counter() - started
     return report
+
+
+def publish_update(settings, incoming, live, sources, files, known, rebuild, report, progress) -> None:
+    """Compare the merged papers with the live index, write what changed in batches, publish the manifest, then
+    free what the new generation no longer lists."""
+    index_dir = Path(settings.index_dir)
+    label = embed_model_label(settings.embed_model, settings.embed_runtime)
+    fresh = rebuild or not live
+    store = storage.new_store_id() if fresh else live["store"]
+    live_gen = 0 if fresh else live["generation"]
+    generation = live_gen + 1
+    storage.mark_building(index_dir, store if fresh else None, sources)
+    catalog = Catalog(storage.catalog_path(index_dir, store))
+    try:
+        catalog.undo_unpublished_removals(live_gen)
+        removed, unwanted = incoming.compare(catalog.path, live_gen, indexed_only=known)
+        report.new, report.changed = incoming.count("new"), incoming.count("changed")
+        report.removed = len(removed) - report.changed
+        report.metadata_updated = incoming.count("relabelled")
+        report.papers = live["papers"] if known else len(incoming)  # (counted from the catalog when published)
+        staged = incoming.count("new", "changed", embedded=True) + len(unwanted)  # a killed build's papers
+        changes = report.new or report.changed or removed or report.metadata_updated or staged
+        if not fresh and not changes and sources == live["sources"]:
+            if files != live.get("files"):  # touched, not changed: remember, so the next build skips them
+                storage.publish(index_dir, {**live, "files": files})
+            storage.mark_building(index_dir, None)
+            catalog.update_segment(progress)  # one a killed build did not finish writing
+            report.chunks = live["chunks"]
+            return
+        if not len(incoming) and not known:
+            raise IndexingError("no papers to index: every source is gone or empty")
+
+        vectors = PaperVectors(settings, storage.store_dir(index_dir, store), store)
+        vectors.delete(unwanted)  # a killed build's papers no longer asked for
+        catalog.purge(unwanted)
+        step = settings.index_batch_papers
+        total = incoming.count("new", "changed", embedded=False)  # staged ones are embedded already
+        batches = incoming.papers("new", "changed", embedded=False, batch=step)
+        write_batches(settings, batches, total, catalog, vectors, generation, report, progress)
+        relabelled = [p for part in incoming.papers("relabelled") for p in part]
+        catalog.finish(generation, live_gen, removed, relabelled)
+        report.papers, report.chunks = catalog.counts(generation)
+        storage.publish(
+            index_dir,
+            {
+                "format": FORMAT,
+                "store": store,
+                "generation": generation,
+                "embed_model": label,
+                "chunk_tokens": settings.chunk_tokens,
+                "chroma": settings.chroma_url or "embedded",
+                "sources": sources,
+                "files": files,
+                "papers": report.papers,
+                "chunks": report.chunks,
+                "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+        )
+        # Published. What follows only frees space; a kill here is cleaned up by the next build.
+        storage.mark_building(index_dir, None)
+        gone = catalog.removed_ids(generation)
+        vectors.delete(gone)
+        catalog.purge(gone)
+        t = time.perf_counter()
+        if catalog.update_segment(progress):  # BM25 postings (rag/bm25.py)
+            report.bm25_seconds = time.perf_counter() - t
+    finally:
+        catalog.close()
+    if fresh:
+        # the store that was live until now stays until the next rebuild: a running server still reads it until
+        # it has opened and warmed the new one
+        previous = live.get("store") if live else None
+        for old in storage.stale_stores(index_dir, store):
+            if old != previous:
+                drop_store(settings, old)
+        storage.remove_legacy(index_dir)
 
 
 def clean_unfinished(settings: Settings, live: dict) -> list[str]:
@@ -352,18 +340,16 @@ def drop_store(settings: Settings, store: str) -> None:
     storage.remove_store_dir(index_dir, store)
 
 
-def write_batches(settings, papers, catalog, vectors, generation, report, progress) -> None:
-    """Chunk, embed and write `papers` in batches, each committed (vectors first, then the catalog rows that make
-    them count), with a progress bar (count, rate, ETA) on stderr."""
+def write_batches(settings, batches, total: int, catalog, vectors, generation, report, progress) -> None:
+    """Chunk, embed and write `batches` of papers (`total` in all), each committed (vectors first, then the catalog
+    rows that make them count), with a progress bar (count, rate, ETA) on stderr."""
     from tqdm import tqdm
 
-    if not papers:
+    if not total:
         return
     embedder = load_embedder(settings.embed_model, settings.embed_runtime)
-    with tqdm(total=len(papers), desc="Indexing", unit="paper", disable=not progress, file=sys.stderr) as bar:
-        step = settings.index_batch_papers
-        for start in range(0, len(papers), step):
-            batch = papers[start : start + step]
+    with tqdm(total=total, desc="Indexing", unit="paper", disable=not progress, file=sys.stderr) as bar:
+        for batch in batches:
             nodes = chunk_papers(batch, embedder, settings.chunk_tokens)
             t = time.perf_counter()
             embed_nodes(nodes, embedder, settings.embed_batch_size)

@@ -160,7 +160,8 @@ def cases(papers: list[dict], rng: random.Random, per_kind: int = 12) -> list[di
 
 
 def main() -> int:
-    from rag.corpus import corpus_files, merge, parse_file
+    from rag.corpus import corpus_files, parse_file
+    from rag.incoming import merge
     from rag.index import BUNDLED_DIR
 
     papers = []

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from rag.corpus import CorpusError, corpus_files, merge, paper_id, paper_url, parse_file
+from rag.corpus import CorpusError, corpus_files, paper_id, paper_url, parse_file
+from rag.incoming import merge
 from rag.index import BUNDLED_DIR
 
 ABSTRACT = (
