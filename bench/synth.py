@@ -12,7 +12,9 @@ chunk vectors), weighted by the sentences taken from each, plus N(0, NOISE²) pe
 from __future__ import annotations
 
 import json
+import os
 import random
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -98,26 +100,63 @@ def add_records(n: int, serial: int) -> list[dict]:
     ]
 
 
+class DerivedVectors:
+    """The vectors of a corpus's vectors.npz, looked up by paper id without holding the synthetic papers' vectors in
+    memory (1.5 KB a paper: 154 MB at 100k, which would count in the measured peak memory of the build): their
+    array is copied out of the npz once, into a file beside it, and rows are read with pread."""
+
+    def __init__(self, vectors_path: str):
+        import zipfile
+
+        data = np.load(vectors_path)
+        self.real = dict(zip(data["real_ids"].tolist(), data["real_vecs"], strict=True))
+        self.real_list = list(self.real.values())
+        ids = data["paper_ids"].astype("S16")  # 16 bytes a paper
+        self.order = np.argsort(ids)
+        self.ids = ids[self.order]
+        rows = Path(vectors_path).with_suffix(".paper_vecs.npy")
+        if not rows.exists():
+            with zipfile.ZipFile(vectors_path) as z, z.open("paper_vecs.npy") as src, rows.open("wb") as dst:
+                while block := src.read(1 << 20):
+                    dst.write(block)
+        with rows.open("rb") as f:
+            np.lib.format.read_magic(f)
+            shape, _, _ = np.lib.format.read_array_header_1_0(f)
+            self.offset = f.tell()
+        self.dim = shape[1] if len(shape) == 2 else len(self.real_list[0])
+        self.fd = os.open(rows, os.O_RDONLY)
+
+    def synthetic(self, pid: str):
+        """A synthetic paper's base vector, or None for a paper the corpus did not make."""
+        key = pid.encode()
+        at = int(np.searchsorted(self.ids, key))
+        if at >= len(self.ids) or self.ids[at] != key:
+            return None
+        row = int(self.order[at])
+        return np.frombuffer(os.pread(self.fd, 4 * self.dim, self.offset + 4 * self.dim * row), dtype=np.float32)
+
+
+@lru_cache(maxsize=2)
+def derived_vectors(vectors_path: str) -> DerivedVectors:
+    return DerivedVectors(vectors_path)
+
+
 def vector_assigner(vectors_path: str):
     """A stand-in for rag.index.embed_nodes that sets each chunk's vector from vectors.npz (same signature): a
     bundled paper's chunks get its real paper vector (so its mean is the real one), a synthetic paper's chunks its
     derived vector plus noise, any other paper (added by the bench) a noisy copy of a random real paper's vector."""
-    data = np.load(vectors_path)
-    real = dict(zip(data["real_ids"].tolist(), data["real_vecs"], strict=True))
-    base = dict(zip(data["paper_ids"].tolist(), data["paper_vecs"], strict=True))
+    vectors = derived_vectors(vectors_path)
     rng = np.random.default_rng(SEED)
-    dim = data["real_vecs"].shape[1]
-    real_list = list(real.values())
 
     def embed_nodes(nodes: list, embedder, batch_size: int) -> None:
         for node in nodes:
             pid = node.metadata["paper_id"]
-            vec = real.get(pid)
+            vec = vectors.real.get(pid)
             if vec is None:
-                seed = base.get(pid)
+                seed = vectors.synthetic(pid)
                 if seed is None:
-                    seed = real_list[int(rng.integers(len(real_list)))]
-                vec = unit(seed + rng.normal(0.0, NOISE, dim))
+                    seed = vectors.real_list[int(rng.integers(len(vectors.real_list)))]
+                vec = unit(seed + rng.normal(0.0, NOISE, vectors.dim))
             node.embedding = vec.astype(np.float32).tolist()
 
     return embed_nodes
@@ -129,18 +168,17 @@ def sentence_assigner(vectors_path: str):
     take the disk space and write time real ones take."""
     from rag.sentences import split_sentences
 
-    data = np.load(vectors_path)
-    known = dict(zip(data["real_ids"].tolist(), data["real_vecs"], strict=True))
-    known.update(zip(data["paper_ids"].tolist(), data["paper_vecs"], strict=True))
-    real_list = list(data["real_vecs"])
+    vectors = derived_vectors(vectors_path)
     rng = np.random.default_rng(SEED)
 
     def embed_sentences(papers: list, embedder, batch_size: int) -> dict[str, list]:
         out = {}
         for paper in papers:
-            vec = known.get(paper.id)
+            vec = vectors.real.get(paper.id)
             if vec is None:
-                vec = real_list[int(rng.integers(len(real_list)))]
+                vec = vectors.synthetic(paper.id)
+            if vec is None:
+                vec = vectors.real_list[int(rng.integers(len(vectors.real_list)))]
             out[paper.id] = [
                 unit(vec + rng.normal(0.0, NOISE, len(vec))).astype(np.float32).tolist()
                 for _ in split_sentences(paper.abstract)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import sys
 
 from rag.settings import Settings
@@ -244,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}; the existing index is unchanged",
             file=sys.stderr,
         )
+    except sqlite3.Error as e:  # the catalog or the build's scratch file, e.g. "database or disk is full"
+        print(f"error: {e}; the existing index is unchanged", file=sys.stderr)
     except KeyboardInterrupt:
         print("interrupted; the existing index is unchanged", file=sys.stderr)
         return 130

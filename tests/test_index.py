@@ -358,6 +358,29 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "no such file or folder" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("where", ["rag.incoming.Incoming.flush", "rag.catalog.Catalog.add"])
+def test_a_full_disk_is_one_line_and_the_index_answers_as_before(where, corpus, tmp_path, capsys, monkeypatch):
+    import sqlite3
+
+    assert main(["index", str(corpus)]) == 0
+    more = tmp_path / "more.jsonl"
+    more.write_text(json.dumps({"title": "Axolotl Caching", "abstract": "Axolotl caching halves narwhal latency."}))
+    capsys.readouterr()
+
+    def full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(where, full)
+        assert main(["index", str(more)]) == 1
+    err = capsys.readouterr().err
+    assert err == "error: database or disk is full; the existing index is unchanged\n"
+    assert main(["search", "proxy-tuning", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["title"] == PROXY
+    assert main(["index", str(more)]) == 0  # space again: the next build finishes the job
+    assert "1 new" in capsys.readouterr().out
+
+
 def test_uploads_survive_moving_the_index_and_same_named_files_stay_distinct(tmp_path, isolated_index):
     rows = records(FIXTURE_CORPUS)
     for folder, part in (("a", rows[:5]), ("b", rows[5:])):
