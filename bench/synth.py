@@ -115,10 +115,12 @@ class DerivedVectors:
         self.order = np.argsort(ids)
         self.ids = ids[self.order]
         rows = Path(vectors_path).with_suffix(".paper_vecs.npy")
-        if not rows.exists():
-            with zipfile.ZipFile(vectors_path) as z, z.open("paper_vecs.npy") as src, rows.open("wb") as dst:
+        if not rows.exists() or rows.stat().st_mtime < Path(vectors_path).stat().st_mtime:
+            partial = rows.with_suffix(".partial")
+            with zipfile.ZipFile(vectors_path) as z, z.open("paper_vecs.npy") as src, partial.open("wb") as dst:
                 while block := src.read(1 << 20):
                     dst.write(block)
+            partial.rename(rows)
         with rows.open("rb") as f:
             np.lib.format.read_magic(f)
             shape, _, _ = np.lib.format.read_array_header_1_0(f)

@@ -165,15 +165,15 @@ class Catalog:
                     )
                     self.conn.execute("INSERT INTO chunk_terms (rowid, terms) VALUES (?, ?)", (rowid, " ".join(terms)))
 
-    def finish(self, generation: int, live: int, removed: list[str], relabelled: list) -> None:
+    def finish(self, generation: int, live: int, removed: list[str], relabelled) -> None:
         """One transaction before publishing: staged papers join `generation`, removals are marked, metadata
-        (url, source, ...) of unchanged papers updated."""
+        (url, source, ...) of unchanged papers updated (`relabelled`: papers, any iterable)."""
         with self.conn:
             self.conn.execute("UPDATE papers SET added = ? WHERE added > ? AND removed IS NULL", (generation, live))
             self.conn.executemany("UPDATE papers SET removed = ? WHERE id = ?", [(generation, pid) for pid in removed])
             self.conn.executemany(
                 "UPDATE papers SET url = ?, source = ?, authors = ?, year = ?, extra = ? WHERE id = ?",
-                [(p.url, p.source, p.authors, p.year, json.dumps(extra_of(p)), p.id) for p in relabelled],
+                ((p.url, p.source, p.authors, p.year, json.dumps(extra_of(p)), p.id) for p in relabelled),
             )
 
     def purge(self, ids: list[str]) -> None:
@@ -195,6 +195,7 @@ class Catalog:
         if not needs_segment(covered, since + deleted):
             return False
         folder = segments_dir(self.path)
+        remove_segments(folder, keep=live["name"] if live else None)  # what a failed write left, before writing
         name = f"segment-{time.time_ns()}"  # a new name each time: the live one may be mapped by readers
         rows = self.conn.execute("SELECT rowid, terms FROM chunk_terms ORDER BY rowid")
         meta = write_segment(rows, total, folder, name, progress)

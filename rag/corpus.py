@@ -199,15 +199,15 @@ def parse_scrape(path: Path) -> list[Paper]:
 # --- JSON / JSONL ----------------------------------------------------------------------------------------------
 
 
-def parse_json(path: Path) -> list[Paper]:
-    """A JSON array (read whole, at most MAX_FILE_BYTES) or JSON lines (streamed: any size, e.g. the arXiv
-    metadata snapshot)."""
+def parse_json(path: Path) -> Iterator[Paper]:
+    """A JSON array (read whole, at most MAX_FILE_BYTES) or JSON lines (streamed, a paper at a time: any size, e.g.
+    the arXiv metadata snapshot)."""
     head = ""
     for _, text in read_lines(path):
         head = text.strip()
         if head:
             break
-    papers = []
+    found = 0
     if head.startswith("["):
         text = read_text(path)
         try:
@@ -215,7 +215,9 @@ def parse_json(path: Path) -> list[Paper]:
         except json.JSONDecodeError as e:
             raise CorpusError(path, e.lineno, f"invalid JSON: {e.msg}") from None
         # line numbers of array items are not kept by json; report the item's position instead
-        papers = [json_paper(path, number, rec, "item") for number, rec in enumerate(data, 1)]
+        for number, rec in enumerate(data, 1):
+            found += 1
+            yield json_paper(path, number, rec, "item")
     else:
         for number, line in read_lines(path):
             if not line.strip():
@@ -224,10 +226,10 @@ def parse_json(path: Path) -> list[Paper]:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
                 raise CorpusError(path, number, f"invalid JSON line: {e.msg}") from None
-            papers.append(json_paper(path, number, rec, "line"))
-    if not papers:
+            found += 1
+            yield json_paper(path, number, rec, "line")
+    if not found:
         raise CorpusError(path, None, "no records found")
-    return papers
 
 
 def json_paper(path: Path, number: int, rec, where: str) -> Paper:
@@ -242,8 +244,8 @@ def json_paper(path: Path, number: int, rec, where: str) -> Paper:
 # --- CSV -------------------------------------------------------------------------------------------------------
 
 
-def parse_csv(path: Path) -> list[Paper]:
-    """CSV with a header, streamed (any size)."""
+def parse_csv(path: Path) -> Iterator[Paper]:
+    """CSV with a header, streamed a paper at a time (any size)."""
     reader = csv.DictReader(text for _, text in read_lines(path))
     try:
         columns = {c.strip().lower() for c in reader.fieldnames or []}
@@ -252,16 +254,16 @@ def parse_csv(path: Path) -> list[Paper]:
     missing = {"title", "abstract"} - columns
     if missing:
         raise CorpusError(path, 1, f"header has no {' or '.join(sorted(missing))} column")
-    papers = []
+    found = 0
     try:
         for row in reader:
             rec = {(k or "").strip().lower(): v for k, v in row.items()}
-            papers.append(make_paper(path, reader.line_num, rec))
+            found += 1
+            yield make_paper(path, reader.line_num, rec)
     except csv.Error as e:
         raise CorpusError(path, reader.line_num, f"invalid CSV: {e}") from None
-    if not papers:
+    if not found:
         raise CorpusError(path, None, "no records found")
-    return papers
 
 
 # --- BibTeX ----------------------------------------------------------------------------------------------------
@@ -364,13 +366,19 @@ def parse_bibtex(path: Path) -> list[Paper]:
 PARSERS = {"scrape": parse_scrape, "json": parse_json, "csv": parse_csv, "bibtex": parse_bibtex}
 
 
-def parse_file(path: str | Path) -> list[Paper]:
-    """Parse one corpus file by its extension; raises CorpusError."""
+def read_papers(path: str | Path) -> Iterator[Paper]:
+    """The papers of one corpus file by its extension, as they are parsed (JSON lines and CSV a paper at a time);
+    raises CorpusError, possibly after some papers."""
     path = Path(path)
     kind = SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise CorpusError(path, None, f"unsupported file type {path.suffix!r} (use {', '.join(SUFFIXES)})")
-    return PARSERS[kind](path)
+    yield from PARSERS[kind](path)
+
+
+def parse_file(path: str | Path) -> list[Paper]:
+    """Every paper of one corpus file; raises CorpusError."""
+    return list(read_papers(path))
 
 
 def corpus_files(paths: list[str | Path]) -> list[Path]:

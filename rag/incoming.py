@@ -39,7 +39,6 @@ CREATE UNIQUE INDEX merged_id ON merged(id);
 CREATE INDEX merged_title_key ON merged(title_key);
 CREATE INDEX merged_first ON merged(first);
 """
-STATES = ("new", "changed", "relabelled", "same")
 BATCH = 1000  # parsed papers inserted at once
 
 
@@ -79,20 +78,29 @@ class Incoming:
         if len(self.pending) >= BATCH:
             self.flush()
 
+    def discard_after(self, seq: int) -> None:
+        """Forget the papers added after the `seq`th (a file that turned out malformed halfway)."""
+        self.pending = [row for row in self.pending if row[0] <= seq]
+        with self.conn:
+            self.conn.execute("DELETE FROM parsed WHERE seq > ?", (seq,))
+        self.seq = seq
+
     def flush(self) -> None:
         with self.conn:
             self.conn.executemany(f"INSERT INTO parsed VALUES ({','.join('?' * 13)})", self.pending)
         self.pending = []
 
-    def titles(self) -> Iterator[list[str]]:
-        """The parsed papers' titles, 500 at a time."""
+    def title_keys(self) -> Iterator[list[str]]:
+        """The parsed papers' normalized titles, each once, 500 at a time."""
         self.flush()
-        last = 0
+        self.conn.execute("CREATE INDEX IF NOT EXISTS parsed_title_key ON parsed(title_key)")
+        last = ""
         while part := self.conn.execute(  # a page at a time: the caller adds papers meanwhile
-            "SELECT seq, title FROM parsed WHERE seq > ? AND NOT indexed ORDER BY seq LIMIT 500", (last,)
+            "SELECT DISTINCT title_key FROM parsed WHERE title_key > ? AND NOT indexed ORDER BY title_key LIMIT 500",
+            (last,),
         ).fetchall():
             last = part[-1][0]
-            yield [r[1] for r in part]
+            yield [r[0] for r in part]
 
     def merge(self) -> list[str]:
         """One paper per title (corpus.py's ids hash title and abstract: equal ids, equal papers); a note for each
@@ -118,35 +126,36 @@ class Incoming:
         by a killed build). Returns (ids removed: visible but not merged; ids staged but not merged)."""
         live = int(live)
         self.conn.execute("ATTACH DATABASE ? AS catalog", (str(catalog),))
-        try:
-            scope = " AND id IN (SELECT id FROM parsed WHERE indexed)" if indexed_only else ""
+        scope = " AND id IN (SELECT id FROM parsed WHERE indexed)" if indexed_only else ""
+        # `+removed`: not through the index on `removed`, where every live paper is NULL (a scan of the catalog,
+        # 0.15 s a statement at 100k papers); the ids come through the primary key, staged papers through `added`
+        self.conn.execute(
+            "CREATE TEMP VIEW old AS SELECT id, url, source, title_key FROM catalog.papers "
+            f"WHERE added <= {live} AND +removed IS NULL{scope}"
+        )
+        with self.conn:
             self.conn.execute(
-                "CREATE TEMP VIEW old AS SELECT id, url, source, title_key FROM catalog.papers "
-                f"WHERE added <= {live} AND removed IS NULL{scope}"
+                "UPDATE merged SET state = (SELECT CASE WHEN p.url = o.url AND p.source = o.source THEN 'same' "
+                "ELSE 'relabelled' END FROM old o, parsed p WHERE o.id = merged.id AND p.seq = merged.seq) "
+                "WHERE id IN (SELECT id FROM old)"
             )
-            with self.conn:
-                self.conn.execute(
-                    "UPDATE merged SET state = CASE WHEN p.url = o.url AND p.source = o.source THEN 'same' "
-                    "ELSE 'relabelled' END FROM old o, parsed p WHERE o.id = merged.id AND p.seq = merged.seq"
-                )
-                self.conn.execute(
-                    "UPDATE merged SET state = 'changed' WHERE state IS NULL AND title_key IN "
-                    "(SELECT title_key FROM old WHERE id NOT IN (SELECT id FROM merged))"
-                )
-                self.conn.execute("UPDATE merged SET state = 'new' WHERE state IS NULL")
-                self.conn.execute(
-                    "UPDATE merged SET embedded = 1 WHERE state IN ('new', 'changed') AND id IN "
-                    f"(SELECT id FROM catalog.papers WHERE added > {live} AND removed IS NULL)"
-                )
-            removed = [r[0] for r in self.conn.execute("SELECT id FROM old WHERE id NOT IN (SELECT id FROM merged)")]
-            unwanted = self.conn.execute(
-                f"SELECT id FROM catalog.papers WHERE added > {live} AND removed IS NULL "
-                "AND id NOT IN (SELECT id FROM merged)"
+            self.conn.execute(
+                "UPDATE merged SET state = 'changed' WHERE state IS NULL AND title_key IN "
+                "(SELECT title_key FROM old WHERE id NOT IN (SELECT id FROM merged))"
             )
-            unwanted = [r[0] for r in unwanted]
-            self.conn.execute("DROP VIEW old")
-        finally:
-            self.conn.execute("DETACH DATABASE catalog")
+            self.conn.execute("UPDATE merged SET state = 'new' WHERE state IS NULL")
+            self.conn.execute(
+                "UPDATE merged SET embedded = 1 WHERE state IN ('new', 'changed') AND id IN "
+                f"(SELECT id FROM catalog.papers WHERE added > {live} AND +removed IS NULL)"
+            )
+        removed = [r[0] for r in self.conn.execute("SELECT id FROM old WHERE id NOT IN (SELECT id FROM merged)")]
+        unwanted = self.conn.execute(
+            f"SELECT id FROM catalog.papers WHERE added > {live} AND +removed IS NULL "
+            "AND id NOT IN (SELECT id FROM merged)"
+        )
+        unwanted = [r[0] for r in unwanted]
+        self.conn.execute("DROP VIEW old")
+        self.conn.execute("DETACH DATABASE catalog")
         return removed, unwanted
 
     def count(self, *states: str, embedded: bool | None = None) -> int:

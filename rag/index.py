@@ -1,6 +1,8 @@
 """`rag index`: corpus files -> chunks -> embeddings: paper vectors in Chroma; chunk texts (BM25) and sentence
 vectors in the catalog; incremental and crash-safe.
 
+The sources are parsed into a scratch SQLite file beside the index (rag/incoming.py), where papers are merged by
+title and compared with the catalog, so a build holds one batch of papers in memory, whatever the size of its files.
 An update writes in place, batch by batch: new and changed papers are chunked, embedded (chunks and sentences) and
 written (paper vectors to Chroma; papers, chunk texts and sentence vectors to the catalog) in batches of
 RAG_INDEX_BATCH_PAPERS papers, each committed;
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from rag import storage
 from rag.catalog import Catalog, CatalogReader
-from rag.corpus import CorpusError, Paper, corpus_files, parse_file
+from rag.corpus import CorpusError, Paper, corpus_files, read_papers
 from rag.incoming import Incoming
 from rag.models import embed_model_label, load_embedder
 from rag.sentences import split_sentences
@@ -114,14 +116,16 @@ def read_sources(
             if known.get(shown) == fingerprint:
                 files[shown] = fingerprint
                 continue
+            start = incoming.seq
             try:
-                for paper in parse_file(path):
+                for paper in read_papers(path):
                     paper.source = shown  # distinct for same-named files in different folders
                     incoming.add(paper)
                 files[shown] = fingerprint
             except CorpusError as e:
                 if not skip_bad:
                     raise
+                incoming.discard_after(start)  # the papers read before the error: the whole file is skipped
                 bad.append(str(e))
     return bad, files
 
@@ -236,8 +240,8 @@ def build_index(
             if known:  # the indexed papers the new ones may repeat or replace, merged first as if read first
                 reader = CatalogReader(storage.catalog_path(index_dir, live["store"]), live["generation"])
                 try:
-                    for titles in incoming.titles():
-                        for row in reader.papers.titled(titles):
+                    for keys in incoming.title_keys():
+                        for row in reader.papers.titled(keys):
                             incoming.add(Paper(**row), indexed=True)
                 finally:
                     reader.close()
@@ -271,7 +275,7 @@ def publish_update(settings, incoming, live, sources, files, known, rebuild, rep
             if files != live.get("files"):  # touched, not changed: remember, so the next build skips them
                 storage.publish(index_dir, {**live, "files": files})
             storage.mark_building(index_dir, None)
-            catalog.update_segment(progress)  # one a killed build did not finish writing
+            update_segment(catalog, report, progress)  # one a killed build did not finish writing
             report.chunks = live["chunks"]
             return
         if not len(incoming) and not known:
@@ -284,7 +288,7 @@ def publish_update(settings, incoming, live, sources, files, known, rebuild, rep
         total = incoming.count("new", "changed", embedded=False)  # staged ones are embedded already
         batches = incoming.papers("new", "changed", embedded=False, batch=step)
         write_batches(settings, batches, total, catalog, vectors, generation, report, progress)
-        relabelled = [p for part in incoming.papers("relabelled") for p in part]
+        relabelled = (p for part in incoming.papers("relabelled") for p in part)
         catalog.finish(generation, live_gen, removed, relabelled)
         report.papers, report.chunks = catalog.counts(generation)
         storage.publish(
@@ -308,9 +312,7 @@ def publish_update(settings, incoming, live, sources, files, known, rebuild, rep
         gone = catalog.removed_ids(generation)
         vectors.delete(gone)
         catalog.purge(gone)
-        t = time.perf_counter()
-        if catalog.update_segment(progress):  # BM25 postings (rag/bm25.py)
-            report.bm25_seconds = time.perf_counter() - t
+        update_segment(catalog, report, progress)
     finally:
         catalog.close()
     if fresh:
@@ -321,6 +323,17 @@ def publish_update(settings, incoming, live, sources, files, known, rebuild, rep
             if old != previous:
                 drop_store(settings, old)
         storage.remove_legacy(index_dir)
+
+
+def update_segment(catalog: Catalog, report: IndexReport, progress: bool) -> None:
+    """Write the BM25 segment when due (rag/bm25.py). The index is published already and the segment only speeds
+    search up, so a failure to write it (a full disk) is a note: FTS5 answers for every chunk until the next build."""
+    t = time.perf_counter()
+    try:
+        if catalog.update_segment(progress):
+            report.bm25_seconds = time.perf_counter() - t
+    except OSError as e:
+        report.notes.append(f"the BM25 segment was not written ({e.strerror or e}): `rag index` again to write it")
 
 
 def clean_unfinished(settings: Settings, live: dict) -> list[str]:

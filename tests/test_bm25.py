@@ -151,3 +151,25 @@ def test_segment_a_killed_build_did_not_write_is_written_by_the_next(tmp_path, i
         reader.conn.execute("SELECT name FROM bm25_segment").fetchone()[0]
     ]  # the killed write's folder is gone
     assert top_title(reader, "decoding-time algorithm steering a black-box LM") == "Tuning Language Models by Proxy"
+
+
+def test_segment_write_on_a_full_disk_is_a_note_and_leaves_nothing(tmp_path, isolated_index, monkeypatch):
+    import errno
+
+    corpus = tmp_path / "papers.jsonl"
+    shutil.copy(FIXTURE_CORPUS, corpus)
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(rag.bm25.os, "posix_fallocate", full)
+        report = build_index(Settings(), [corpus], progress=False)
+    assert report.notes == ["the BM25 segment was not written (No space left on device): `rag index` again to write it"]
+    reader = reader_of(isolated_index)  # published: search answers through FTS5
+    folder = segments_dir(reader.path)
+    assert reader.segment() is None and not (folder.exists() and any(folder.iterdir()))
+    assert top_title(reader, "decoding-time algorithm steering a black-box LM") == "Tuning Language Models by Proxy"
+
+    assert build_index(Settings(), progress=False).bm25_seconds > 0
+    assert reader.segment() is not None

@@ -186,3 +186,19 @@ def test_jsonl_and_csv_stream_past_the_whole_file_cap(tmp_path, monkeypatch):
     assert len(parse_file(write(tmp_path, "big.csv", csv_text))) == 20
     with pytest.raises(CorpusError, match=r"big.json: file is 0 MB \(at most 0 MB; use JSON lines or CSV\)"):
         parse_file(write(tmp_path, "big.json", json.dumps(rows)))
+
+
+def test_jsonl_and_csv_papers_come_one_at_a_time(tmp_path):
+    """A paper is handed on as soon as it is parsed (an index build never holds a whole file), so a broken last line
+    is only met at the end."""
+    from rag.corpus import read_papers
+
+    good = json.dumps({"title": "First", "abstract": ABSTRACT})
+    papers = read_papers(write(tmp_path, "a.jsonl", good + "\n{not json\n"))
+    assert next(papers).title == "First"
+    with pytest.raises(CorpusError, match="a.jsonl:2: invalid JSON line"):
+        next(papers)
+    papers = read_papers(write(tmp_path, "a.csv", f'title,abstract\nFirst,"{ABSTRACT}"\nSecond,\n'))
+    assert next(papers).title == "First"
+    with pytest.raises(CorpusError, match="a.csv:3: record 'Second' has no abstract"):
+        next(papers)

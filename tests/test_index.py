@@ -107,8 +107,8 @@ def test_adding_a_file_parses_only_that_file(corpus, tmp_path, isolated_index, m
     settings = Settings()
     build_index(settings, [corpus], progress=False)
     parsed = []
-    real_parse = rag.index.parse_file
-    monkeypatch.setattr(rag.index, "parse_file", lambda path: (parsed.append(path.name), real_parse(path))[1])
+    real_read = rag.index.read_papers
+    monkeypatch.setattr(rag.index, "read_papers", lambda path: (parsed.append(path.name), real_read(path))[1])
     added = tmp_path / "added.jsonl"
     write_records(added, [{"title": "A Brand New Paper", "abstract": "We introduce a brand new benchmark for tests."}])
 
