@@ -118,21 +118,6 @@ class Catalog:
         with self.conn:
             self.conn.execute("UPDATE papers SET removed = NULL WHERE removed > ?", (live,))
 
-    def current(self, ids: list[str] | None = None, live: int = 0) -> dict[str, dict]:
-        """Every paper not removed: id -> {url, source, title_key, added} (live ones and staged ones); with `ids`,
-        only those and the staged ones (added after generation `live`)."""
-        # `+removed`: not through the index on `removed`, where every live paper is NULL (0.19 s at 100k papers);
-        # the staged ones come through the index on `added`, the asked ones through the primary key
-        query = "SELECT id, url, source, title, title_key, added FROM papers WHERE +removed IS NULL"
-        if ids is None:
-            return {r["id"]: dict(r) for r in self.conn.execute(query)}
-        out = {r["id"]: dict(r) for r in self.conn.execute(f"{query} AND added > ?", (live,))}
-        for start in range(0, len(ids), 500):
-            part = ids[start : start + 500]
-            rows = self.conn.execute(f"{query} AND id IN ({','.join('?' * len(part))})", part)
-            out.update((r["id"], dict(r)) for r in rows)
-        return out
-
     def add(self, papers: list, chunks: dict[str, list[tuple[str, str]]], sentence_vectors: dict, generation: int):
         """Insert papers as of `generation`, with their chunks as (text shown, text BM25 indexes) and the vectors of
         their abstract's sentences (one per sentence; none stored for papers missing from `sentence_vectors`), in one

@@ -22,13 +22,14 @@ CREATE TABLE parsed (
 );
 """
 # One paper per normalized title: the longest abstract, the first read among equals (an indexed paper compared
-# with new files counts as read first). Every place the title was read is kept, in reading order.
+# with new files counts as read first). Every place the title was read is kept, in reading order; the papers come
+# back in the order their titles were first parsed.
 MERGE = """
 CREATE TABLE merged AS
 WITH ranked AS (
     SELECT seq, id, title_key,
         row_number() OVER (PARTITION BY title_key ORDER BY length DESC, indexed DESC, seq) AS pick,
-        min(indexed * -1e15 + seq) OVER (PARTITION BY title_key) AS first,
+        min(seq) OVER (PARTITION BY title_key) AS first,
         json_group_array(source || ':' || line) OVER (
             PARTITION BY title_key ORDER BY indexed DESC, seq ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING
         ) AS sources
@@ -50,7 +51,7 @@ class Incoming:
         if path is not None:
             path.unlink(missing_ok=True)
         self.path = path
-        self.conn = sqlite3.connect(":memory:" if path is None else path, check_same_thread=False)
+        self.conn = sqlite3.connect(":memory:" if path is None else path)
         self.conn.execute("PRAGMA journal_mode=OFF")  # scratch: nothing to recover after a crash
         self.conn.execute("PRAGMA synchronous=OFF")
         self.conn.executescript(SCHEMA)
