@@ -255,7 +255,6 @@ def publish_update(settings, incoming, live, sources, files, known, rebuild, rep
     """Compare the merged papers with the live index, write what changed in batches, publish the manifest, then
     free what the new generation no longer lists."""
     index_dir = Path(settings.index_dir)
-    label = embed_model_label(settings.embed_model, settings.embed_runtime)
     fresh = rebuild or not live
     store = storage.new_store_id() if fresh else live["store"]
     live_gen = 0 if fresh else live["generation"]
@@ -297,7 +296,7 @@ def publish_update(settings, incoming, live, sources, files, known, rebuild, rep
                 "format": FORMAT,
                 "store": store,
                 "generation": generation,
-                "embed_model": label,
+                "embed_model": report.embed_model,
                 "chunk_tokens": settings.chunk_tokens,
                 "chroma": settings.chroma_url or "embedded",
                 "sources": sources,

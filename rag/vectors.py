@@ -84,11 +84,6 @@ class PaperVectors:
     def count(self) -> int:
         return self.collection.count()
 
-    def ids(self, page: int = 10_000):
-        """Every id in the collection, read in pages (only to find orphans when counts disagree)."""
-        for offset in range(0, self.count(), page):
-            yield from self.collection.get(include=[], limit=page, offset=offset)["ids"]
-
     def query(self, vector: list[float], n: int) -> list[tuple[str, float]]:
         """(paper id, cosine similarity) best first; fewer than n when the collection holds fewer."""
         got = self.collection.query(query_embeddings=[vector], n_results=n, include=["distances"])
