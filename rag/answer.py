@@ -21,7 +21,7 @@ from rag.citations import FREE, Checked, StreamVerifier, numbers
 from rag.evidence import QUANTITY_QUESTION, Evidence, content_terms, refusal_reason, score_sentences, select
 from rag.llm import stream_text
 from rag.search import Hit
-from rag.settings import Settings
+from rag.settings import Settings, error_line
 
 REFUSAL = "I could not find this in the indexed papers"
 REFERENCES = "\n\nReferences:"
@@ -212,11 +212,6 @@ def refusal_text(reason: str, closest: list[Hit]) -> str:
     return "\n".join(lines)
 
 
-def one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0][:200].rstrip('.')}" if text else type(error).__name__
-
-
 def run(
     question: str,
     history: list | None,
@@ -307,7 +302,7 @@ def run(
                     "The LLM wrote no sentence the evidence states; the answer is quoted from the evidence."
                 )
         except Exception as e:  # any backend failure becomes one line; the evidence answer still stands
-            answer.notices.append(f"The LLM ({backend}) failed: {one_line(e)}. The answer is quoted from the evidence.")
+            answer.notices.append(f"The LLM ({backend}) failed: {error_line(e)}. The answer is quoted from the evidence.")
         timings["generate"] = time.perf_counter() - t
         answer.dropped = [d.dropped.strip() for d in verifier.dropped]
         answer.generated = {

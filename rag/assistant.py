@@ -25,14 +25,13 @@ from rag.llm import (
     Deadline,
     Slots,
     describe,
-    error_line,
     make_llm,
     make_slots,
     stream_text,
 )
 from rag.models import load_embedder
 from rag.search import Hit, Searcher
-from rag.settings import Settings
+from rag.settings import Settings, error_line
 
 LLM_FIELDS = {
     "llm_backend",
@@ -268,6 +267,15 @@ class Assistant:
 
     def describe_llm(self) -> str:
         return self._setup.describe()
+
+    def health(self) -> dict:
+        """What /healthz reports: "degraded" when the LLM could not be loaded or failed its start-up check (answers
+        are then the evidence answer, with a notice saying why)."""
+        setup = self._setup
+        llm = {"backend": setup.describe(), "ok": not setup.error}
+        if setup.error:
+            llm["error"] = setup.error
+        return {"status": "degraded" if setup.error else "ok", "llm": llm}
 
     def status(self) -> dict:
         """Index and LLM facts for status lines."""

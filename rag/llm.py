@@ -12,7 +12,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from rag.models import BUNDLED, BUNDLED_LLM_NAME, ModelError, gguf_location
-from rag.settings import Settings, mask_url
+from rag.settings import Settings, error_line, mask_url
 
 LOCAL_BACKENDS = {"llamacpp", "transformers"}
 EVIDENCE_ONLY = "none (evidence only)"
@@ -193,11 +193,6 @@ def make_slots(settings: Settings, first) -> Slots | None:
     if settings.llm_backend not in LOCAL_BACKENDS:
         return None
     return Slots([first] + [make_llm(settings) for _ in range(settings.llm_parallel - 1)])
-
-
-def error_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return mask_url(f"{type(error).__name__}: {text[0][:200].rstrip('.')}" if text else type(error).__name__)
 
 
 def stream_text(llm, messages, *, slots: Slots | None = None, deadline: Deadline | None = None) -> Iterator[str]:

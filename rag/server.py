@@ -29,9 +29,9 @@ from rag.access import ADMIN, Keys
 from rag.answer import Answer
 from rag.corpus import CorpusError
 from rag.index import IndexingError
-from rag.llm import LOCAL_BACKENDS, admin_model, error_line
+from rag.llm import LOCAL_BACKENDS, admin_model
 from rag.models import ModelError
-from rag.settings import Backend, Mode
+from rag.settings import Backend, Mode, error_line
 
 MODEL = "abstract-rag"
 EVIDENCE_MODEL = "abstract-rag-evidence"
@@ -207,8 +207,8 @@ def build_app(assistant, keys: Keys | None = None, ui: bool = True) -> FastAPI:
 
     @app.get("/healthz", tags=["server"])
     def healthz():
-        """Liveness, no key needed."""
-        return {"status": "ok"}
+        """Liveness, no key needed: "ok", or "degraded" with what does not work (answers still come)."""
+        return assistant.health()
 
     @app.get("/v1/models", tags=["openai"], dependencies=[Depends(role)])
     def models():

@@ -129,3 +129,9 @@ URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
 def mask_url(text: str) -> str:
     """Text with the credentials of any URL in it (`scheme://user:pass@host`) replaced by '***@'."""
     return URL_CREDENTIALS.sub("***@", text)
+
+
+def error_line(error: BaseException) -> str:
+    """An error as one line for any user-facing message or log: its type, its first line, URL credentials masked."""
+    text = str(error).strip().splitlines()
+    return mask_url(f"{type(error).__name__}: {text[0][:200].rstrip('.')}" if text else type(error).__name__)

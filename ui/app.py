@@ -17,9 +17,10 @@ from pathlib import Path
 import gradio as gr
 
 from rag.access import ADMIN, Keys
-from rag.answer import Answer, one_line
+from rag.answer import Answer
 from rag.corpus import SUFFIXES, CorpusError
 from rag.llm import LOCAL_BACKENDS, admin_model
+from rag.settings import error_line
 from rag.storage import uploads_dir
 from ui import render
 
@@ -72,14 +73,14 @@ def chat(assistant, question: str, turns: list[Answer], k: int, mode: str):
         if answer is None:
             raise RuntimeError("the answer pipeline ended without an answer")
     except Exception as e:
-        answer = Answer(question=question, text=text, refused=False, notices=[f"Error: {one_line(e)}"])
+        answer = Answer(question=question, text=text, refused=False, notices=[f"Error: {error_line(e)}"])
         kind = "error"
     turns = turns + [answer]
     try:
         sources = render.sources_html(turns, assistant.searcher.papers)
     except Exception as e:  # e.g. no index: the answer above already says so
         sources = render.sources_html(turns, {})
-        answer.notices.append(f"Cannot show the abstracts: {one_line(e)}")
+        answer.notices.append(f"Cannot show the abstracts: {error_line(e)}")
     notice = render.line(" · ".join(answer.notices), kind) if answer.notices else ""
     yield render.chat_messages(turns), sources, turns, notice, gr.skip(), export_file(turns)
 
@@ -112,7 +113,7 @@ def status_html(assistant) -> str:
         return render.status_line(assistant.status())
     except Exception as e:
         return render.line(
-            f"No index yet ({one_line(e)}): add a corpus file in the Library tab or run `rag index`.", "error"
+            f"No index yet ({error_line(e)}): add a corpus file in the Library tab or run `rag index`.", "error"
         )
 
 
@@ -128,7 +129,7 @@ def configure_llm(assistant, backend: str, model: str, admin: bool = True):
         assistant.configure(**changes)
         return status_html(assistant), render.line(f"LLM for the next question: {assistant.status()['llm']}", "ok")
     except Exception as e:
-        return status_html(assistant), render.line(f"Settings not applied: {one_line(e)}", "error")
+        return status_html(assistant), render.line(f"Settings not applied: {error_line(e)}", "error")
 
 
 # --- search --------------------------------------------------------------------------------------------------
@@ -140,7 +141,7 @@ def search(assistant, query: str, k: int, mode: str) -> str:
             query or "", assistant.search(query or "", k=int(k) if k else None, mode=mode or None)
         )
     except Exception as e:
-        return render.line(f"Search failed: {one_line(e)}", "error")
+        return render.line(f"Search failed: {error_line(e)}", "error")
 
 
 # --- library -------------------------------------------------------------------------------------------------
@@ -212,7 +213,7 @@ def add_corpus(assistant, file, progress=gr.Progress(track_tqdm=True), admin: bo
     except CorpusError as e:
         message = render.line(f"Rejected: {str(e).replace(str(dest), dest.name) if dest else e}", "error")
     except Exception as e:
-        message = render.line(f"Rejected: {e}" if isinstance(e, UploadError) else f"Failed: {one_line(e)}", "error")
+        message = render.line(f"Rejected: {e}" if isinstance(e, UploadError) else f"Failed: {error_line(e)}", "error")
     return message, sources_rows(assistant), status_html(assistant)
 
 
@@ -347,14 +348,14 @@ def build_ui(assistant, keys: Keys | None = None) -> gr.Blocks:
             try:
                 return assistant.ask(question, k=k or None, mode=mode or None).to_dict()
             except Exception as e:
-                raise gr.Error(one_line(e)) from None
+                raise gr.Error(error_line(e)) from None
 
         def api_search(query: str, k: int = 0, mode: str = "") -> list[dict]:
             """Rank the indexed papers for a query: rank, paper_id, title, url, score, snippet, source."""
             try:
                 return [h.to_dict() for h in assistant.search(query, k=k or None, mode=mode or None)]
             except Exception as e:
-                raise gr.Error(one_line(e)) from None
+                raise gr.Error(error_line(e)) from None
 
         def on_load(request: gr.Request):
             """Admin-only controls are shown read-only to the other sessions (their handlers check again)."""
