@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from rag import conversation
 from rag.citations import FREE, Checked, StreamVerifier, numbers
 from rag.evidence import QUANTITY_QUESTION, Evidence, content_terms, refusal_reason, score_sentences, select
-from rag.llm import stream_text
+from rag.generation import stream_text
 from rag.search import Hit
 from rag.settings import Settings, error_line
 
@@ -223,8 +223,8 @@ def run(
     backend: str,
     k: int | None = None,
     mode: str | None = None,
-    slots=None,  # local-model contexts (rag.llm.Slots), taken for the generation only
-    deadline=None,  # rag.llm.Deadline bounding the wait for and use of the LLM
+    slots=None,  # local models' worker processes (rag.generation.Slots), taken for the generation only
+    deadline=None,  # rag.generation.Deadline bounding the wait for and use of the LLM
 ) -> Iterator[str | Answer]:
     """Yield the response text in pieces (joined they are `Answer.text`), then the Answer."""
     started = time.perf_counter()
@@ -276,10 +276,11 @@ def run(
         return only_quoted or len(content_terms(checked.text) - FREE - said) < 2
 
     opening = opening_sentence(question, evidence, answering)
-    if style == "extractive" or llm is None:
+    generating = llm is not None or slots is not None
+    if style == "extractive" or not generating:
         yield emit(opening)
     verifier = StreamVerifier(evidence, query, skip=repeats_opening)
-    if llm is not None:
+    if generating:
         t = time.perf_counter()
         previous = conversation.user_turns(history)[-1] if query != question else None
         try:
@@ -302,7 +303,9 @@ def run(
                     "The LLM wrote no sentence the evidence states; the answer is quoted from the evidence."
                 )
         except Exception as e:  # any backend failure becomes one line; the evidence answer still stands
-            answer.notices.append(f"The LLM ({backend}) failed: {error_line(e)}. The answer is quoted from the evidence.")
+            answer.notices.append(
+                f"The LLM ({backend}) failed: {error_line(e)}. The answer is quoted from the evidence."
+            )
         timings["generate"] = time.perf_counter() - t
         answer.dropped = [d.dropped.strip() for d in verifier.dropped]
         answer.generated = {

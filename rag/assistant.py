@@ -3,7 +3,8 @@
 One Assistant serves many requests at once. Nothing a request does mutates it: k and mode are arguments; the
 settings and the LLM made from them are one immutable `Setup` that `configure` replaces as a whole (a request in
 flight keeps the one it started with); a newer index generation is opened and warmed beside the current one and
-swapped in. Only local-model generation is serialized (`rag.llm.Slots`).
+swapped in. Only local-model generation is serialized (`rag.generation.Slots`), and it runs in worker processes,
+so a crash in native code costs one answer its generated sentences, never the server.
 """
 
 from __future__ import annotations
@@ -18,17 +19,9 @@ from typing import Any
 from rag import answer as answering
 from rag import storage
 from rag.answer import Answer
+from rag.generation import Deadline, Slots, start_workers, stream_text
 from rag.index import IndexReport, build_index
-from rag.llm import (
-    EVIDENCE_ONLY,
-    LOCAL_BACKENDS,
-    Deadline,
-    Slots,
-    describe,
-    make_llm,
-    make_slots,
-    stream_text,
-)
+from rag.llm import EVIDENCE_ONLY, LOCAL_BACKENDS, describe, make_llm
 from rag.models import load_embedder
 from rag.search import Hit, Searcher
 from rag.settings import Settings, error_line
@@ -60,14 +53,18 @@ class Setup:
     """Settings and the LLM made from them, replaced together and never changed in place."""
 
     settings: Settings
-    llm: Any = None  # a llama-index LLM; None for backend 'none', before loading, or when loading failed
-    slots: Slots | None = None  # local models: the contexts generations take turns on
+    llm: Any = None  # a llama-index LLM in this process (a remote endpoint, or one given); None otherwise
+    slots: Slots | None = None  # local models: their worker processes (or the given LLM), one generation each
     given: bool = False  # the LLM was passed in (a custom or scripted LLM)
     loaded: bool = False
-    error: str = ""  # why the LLM could not be loaded (one line, no secrets)
+    error: str = ""  # why the LLM could not be loaded or failed its start-up check (one line, no secrets)
 
     def describe(self) -> str:
         return f"custom: {self.llm.metadata.model_name}" if self.given else describe(self.settings)
+
+    @property
+    def generates(self) -> bool:
+        return self.llm is not None or self.slots is not None
 
 
 def load(setup: Setup, strict: bool = False) -> Setup:
@@ -79,9 +76,10 @@ def load(setup: Setup, strict: bool = False) -> Setup:
         if setup.given:
             llm = setup.llm
             slots = Slots([llm]) if settings.llm_backend in LOCAL_BACKENDS else None
+        elif settings.llm_backend in LOCAL_BACKENDS:
+            llm, slots = None, start_workers(settings)  # each worker loads the model and passes a start-up check
         else:
-            llm = make_llm(settings)
-            slots = make_slots(settings, llm) if llm is not None else None
+            llm, slots = make_llm(settings), None
     except Exception as e:
         if strict:
             raise
@@ -128,10 +126,6 @@ class Assistant:
             if self._setup.settings is setup.settings and not self._setup.loaded:
                 self._setup = load(self._setup)
             return self._setup
-
-    @property
-    def llm(self):
-        return self.loaded_setup().llm
 
     @property
     def searcher(self) -> Searcher:
@@ -181,6 +175,8 @@ class Assistant:
                 with self._opening:
                     self._searcher = open_searcher(settings)
             self._setup = new
+            if new.slots is not current.slots and current.slots is not None and not current.given:
+                current.slots.retire()  # its workers end when the answers in flight on them are done
 
     def reload(self) -> None:
         """Open the newly published index generation now, and use it from the next request on."""
@@ -188,24 +184,21 @@ class Assistant:
             self._searcher = open_searcher(self.settings)
 
     def warm(self) -> None:
-        """Load every model and open the index now, so the first question is as fast as the next ones."""
+        """Load every model and open the index now, so the first question is as fast as the next ones. A local LLM
+        is loaded in its worker processes, each of which runs one generation before it is ready (the start-up
+        check); if that fails, answers are the evidence answer and `health()` says why."""
         setup = self.loaded_setup()
         self.ask(WARM_QUESTION, generate=False)  # search, evidence scoring, the refusal test: every lazy load
-        hits = self.search(WARM_QUESTION, k=setup.settings.answer_papers)
-        abstracts = [self.searcher.papers[h.paper_id]["abstract"] for h in hits]
-        if setup.llm is not None:
+        if setup.llm is not None and setup.slots is None:  # a remote endpoint: open its connection
             from llama_index.core.llms import ChatMessage
 
-            # an answer-sized prompt in each context (the slots rotate), so every buffer is allocated before users come
-            prompt = "Context:\n" + "\n".join(abstracts)[:3000] + f"\n\nQuestion: {WARM_QUESTION}"
-            for _ in range(setup.slots.size if setup.slots else 1):
-                try:
-                    for _delta in stream_text(
-                        setup.llm, [ChatMessage(role="user", content=prompt)], slots=setup.slots, deadline=Deadline(60)
-                    ):
-                        break  # the first token: the prompt is evaluated
-                except Exception:
-                    pass  # a failing endpoint shows in the answers' notices, not at start-up
+            try:
+                for _delta in stream_text(
+                    setup.llm, [ChatMessage(role="user", content=WARM_QUESTION)], deadline=Deadline(60)
+                ):
+                    break
+            except Exception:
+                pass  # a failing endpoint shows in the answers' notices, not at start-up
 
     # --- the API ------------------------------------------------------------------------------------------
 
@@ -237,7 +230,7 @@ class Assistant:
             backend=backend,
             k=k,
             mode=mode,
-            slots=setup.slots,
+            slots=setup.slots if generate else None,
             deadline=deadline,
         ):
             if isinstance(item, Answer) and generate and setup.error and not item.refused:

@@ -4,15 +4,12 @@ endpoints (`RAG_LLM_BACKEND`). Each import is lazy and a missing piece is an err
 from __future__ import annotations
 
 import os
-import queue
-import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from rag.models import BUNDLED, BUNDLED_LLM_NAME, ModelError, gguf_location
-from rag.settings import Settings, error_line, mask_url
+from rag.settings import Settings, mask_url
 
 LOCAL_BACKENDS = {"llamacpp", "transformers"}
 EVIDENCE_ONLY = "none (evidence only)"
@@ -72,15 +69,16 @@ def make_llm(settings: Settings):
                 ) from None
             path = gguf_location(settings.llm_model)
             try:
-                llm = LlamaCPP(
-                    model_path=str(path),
-                    temperature=settings.llm_temperature,
-                    max_new_tokens=settings.llm_max_tokens,
-                    context_window=settings.llm_context,
-                    generate_kwargs={"stop": ["<|im_end|>", "<|endoftext|>", "</s>", "<|eot_id|>"]},
-                    model_kwargs={"n_threads": settings.llm_threads, "n_ctx": settings.llm_context},
-                    verbose=False,
-                )
+                with weight_repacking(settings.llm_repack):
+                    llm = LlamaCPP(
+                        model_path=str(path),
+                        temperature=settings.llm_temperature,
+                        max_new_tokens=settings.llm_max_tokens,
+                        context_window=settings.llm_context,
+                        generate_kwargs={"stop": ["<|im_end|>", "<|endoftext|>", "</s>", "<|eot_id|>"]},
+                        model_kwargs={"n_threads": settings.llm_threads, "n_ctx": settings.llm_context},
+                        verbose=False,
+                    )
             except (ValueError, RuntimeError) as e:
                 raise ModelError(f"cannot load {path} with llama.cpp (RAG_LLM_MODEL): {e}") from None
             llm.messages_to_prompt = gguf_chat_template(llm._model)
@@ -105,6 +103,30 @@ def make_llm(settings: Settings):
                 max_retries=settings.openai_retries,
             )
     raise ModelError(f"unknown RAG_LLM_BACKEND {settings.llm_backend!r} (llamacpp, transformers, openai or none)")
+
+
+@contextmanager
+def weight_repacking(enabled: bool):
+    """llama.cpp loads models with "extra buffer types" by default: weights repacked for the CPU's fastest kernels
+    (AMX on Intel Xeons). That path segfaulted on a Sapphire Rapids Xeon (ggml_backend_amx_mul_mat,
+    ggml-org/llama.cpp#20824), so it is off unless RAG_LLM_REPACK=true (README "When the local LLM crashes" has the
+    speed cost). llama-cpp-python's Llama takes no use_extra_bufts argument: it builds its model parameters from
+    llama_model_default_params(), so for the load that function returns them with use_extra_bufts set. The served
+    model loads in a worker process of its own (rag.generation), where nothing else runs during the swap."""
+    import llama_cpp.llama_cpp as native
+
+    defaults = native.llama_model_default_params
+
+    def model_params():
+        params = defaults()
+        params.use_extra_bufts = enabled
+        return params
+
+    native.llama_model_default_params = model_params
+    try:
+        yield
+    finally:
+        native.llama_model_default_params = defaults
 
 
 def make_transformers_llm(settings: Settings):
@@ -147,115 +169,6 @@ def make_transformers_llm(settings: Settings):
         device_map="cpu",
         is_chat_model=True,
     )
-
-
-# --- using the LLM from many requests at once -------------------------------------------------------------------
-
-
-class Deadline:
-    """The time an answer may spend waiting for and using the LLM (RAG_LLM_DEADLINE), from when it was asked."""
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-        self.at = time.monotonic() + seconds
-
-    def remaining(self) -> float:
-        return self.at - time.monotonic()
-
-
-class Slots:
-    """LLM instances of which each serves one generation at a time: a local model has one context per instance
-    (RAG_LLM_PARALLEL of them); generations wait for a free one. Searches and evidence never wait for this."""
-
-    def __init__(self, llms: list):
-        self.size = len(llms)
-        self._free: queue.Queue = queue.Queue()
-        for llm in llms:
-            self._free.put(llm)
-
-    @contextmanager
-    def take(self, give_up: threading.Event):
-        while True:
-            try:
-                llm = self._free.get(timeout=0.05)
-                break
-            except queue.Empty:
-                if give_up.is_set():
-                    raise TimeoutError("gave up waiting for a free LLM context") from None
-        try:
-            yield llm
-        finally:
-            self._free.put(llm)
-
-
-def make_slots(settings: Settings, first) -> Slots | None:
-    """Slots for a local backend (the first instance given, the others loaded here); None for remote ones."""
-    if settings.llm_backend not in LOCAL_BACKENDS:
-        return None
-    return Slots([first] + [make_llm(settings) for _ in range(settings.llm_parallel - 1)])
-
-
-def stream_text(llm, messages, *, slots: Slots | None = None, deadline: Deadline | None = None) -> Iterator[str]:
-    """The LLM's answer as text deltas, bounded by the deadline.
-
-    A local model generates in one of `slots` (held for the generation only); a remote endpoint is called directly,
-    in parallel with others, with its read timeout cut to what is left of the deadline. The generation runs in its
-    own thread so that an endpoint that drips one token a second, or hangs, ends here at the deadline with an
-    LLMError; the thread stops at its next token (or when its read times out) and frees its slot.
-    A failure is re-raised as it came, or as a one-line LLMError when its message held URL credentials.
-    """
-    deadline = deadline or Deadline(float("inf"))
-    out: queue.Queue = queue.Queue()
-    stop = threading.Event()
-
-    def generate():
-        try:
-            with slots.take(stop) if slots else nullcontext(llm) as model:
-                if stop.is_set():
-                    return
-                kwargs = {}
-                if settings_timeout(model) is not None and deadline.remaining() < float("inf"):
-                    kwargs["timeout"] = max(0.1, min(settings_timeout(model), deadline.remaining()))
-                chunks = model.stream_chat(messages, **kwargs)
-                try:
-                    for chunk in chunks:
-                        out.put(chunk.delta or "")
-                        if stop.is_set():
-                            break
-                finally:
-                    close = getattr(chunks, "close", None)
-                    if close:
-                        close()  # stops llama.cpp's generation, or closes the HTTP stream
-            out.put(None)
-        except BaseException as e:
-            out.put(e)
-
-    threading.Thread(target=generate, name="llm-generation", daemon=True).start()
-    try:
-        while True:
-            try:
-                remaining = deadline.remaining()
-                item = out.get(timeout=max(0.0, remaining) if remaining != float("inf") else None)
-            except queue.Empty:
-                raise LLMError(
-                    f"no complete answer within the deadline of {deadline.seconds:g} s (RAG_LLM_DEADLINE)"
-                ) from None
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                if mask_url(str(item)) != str(item):
-                    raise LLMError(error_line(item)) from None  # the message named a URL with credentials
-                raise item
-            if item:
-                yield item
-    finally:
-        stop.set()
-
-
-def settings_timeout(llm) -> float | None:
-    """The per-request timeout an OpenAI-compatible LLM accepts (None for others)."""
-    timeout = getattr(llm, "timeout", None) if type(llm).__name__ in ("OpenAILike", "OpenAI") else None
-    return float(timeout) if isinstance(timeout, (int, float)) else None
 
 
 def admin_model(name: str, model_dir: Path | None) -> str:

@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     llm_temperature: float = Field(0.0, description="Sampling temperature (0 = greedy).")
     llm_threads: int = Field(2, description="CPU threads for local LLMs.")
     llm_context: int = Field(2048, description="Context window for llama.cpp.")
+    llm_repack: bool = Field(
+        False,
+        description="llama.cpp: repack weights for the CPU's fastest kernels (extra buffer types); off because "
+        "repacking crashed on AMX Xeons.",
+    )
 
     openai_base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible endpoint for 'openai'.")
     openai_api_key: SecretStr | None = Field(None, description="API key; falls back to OPENAI_API_KEY.")

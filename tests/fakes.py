@@ -72,3 +72,63 @@ class SynthesisLLM(ScriptedLLM):
                 lines.append(f"{false.rstrip('.')} [{n1}].")
         self.script = tokens(" ".join(lines))
         return super().stream_complete(prompt, formatted, **kwargs)
+
+
+FAULT = "ABSTRACT_RAG_TEST_FAULT"  # names a file; its content, "segv" or "hang", is the next answer's fault
+
+
+class WorkerLLM(ScriptedLLM):
+    """The local model of the worker-process tests, made in the child by `worker_llm` (rag.generation.FACTORY).
+
+    It streams `script`. Its first generation is the worker's start-up check; in a later one, after two pieces, it
+    kills its own process with SIGSEGV, or hangs, when the file named by $ABSTRACT_RAG_TEST_FAULT exists and says
+    so. The file is removed first, so the restarted worker answers (and of two workers, one takes the fault)."""
+
+    calls: int = 0
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any):
+        import os
+        import signal
+        import time
+
+        self.calls += 1
+        inner = super().stream_complete(prompt, formatted, **kwargs)
+
+        def gen():
+            for i, chunk in enumerate(inner):
+                if i == 2 and self.calls > 1:
+                    try:
+                        path = os.environ.get(FAULT, "")
+                        fault = open(path).read().strip()
+                        os.unlink(path)
+                    except OSError:
+                        fault = ""
+                    if fault == "segv":
+                        os.kill(os.getpid(), signal.SIGSEGV)
+                    elif fault == "hang":
+                        time.sleep(3600)
+                yield chunk
+
+        return gen()
+
+
+def worker_llm(settings) -> WorkerLLM:
+    from tests.live import SCRIPT
+
+    return WorkerLLM(script=SCRIPT, prompts=[])
+
+
+class CrashingLLM(ScriptedLLM):
+    """A local model that kills its worker with SIGSEGV in every generation, the start-up check included."""
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any):
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def crashing_llm(settings) -> CrashingLLM:
+    return CrashingLLM()
