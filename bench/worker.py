@@ -134,7 +134,9 @@ def query(index_dir: str, plain_dir: str, n_ask: str) -> dict:
     out["search"]["embed_query"] = timed_searches(lambda q: embedder.encode([q]), questions)
     subset = questions[:: max(1, len(questions) // int(n_ask))][: int(n_ask)]
     out["ask"] = ask_ours(assistant, subset)
-    out["ask_plain"] = ask_plain(plain, assistant.llm, subset)
+    from rag.llm import make_llm
+
+    out["ask_plain"] = ask_plain(plain, make_llm(assistant.settings), subset)  # the plain recipe: in this process
     out["backend"] = assistant.status()["llm"]
     return out
 

@@ -270,6 +270,32 @@ class Assistant:
             llm["error"] = setup.error
         return {"status": "degraded" if setup.error else "ok", "llm": llm}
 
+    def diagnose(self) -> dict:
+        """What a bug report needs (`rag doctor`): the CPU and llama.cpp's view of it, the embedder's runtime, the
+        index's state, and the LLM after its start-up check. Loads the models; every part that fails says why."""
+        from rag.llm import cpu_report
+        from rag.models import embed_model_label
+
+        settings = self.settings
+        out: dict = {"cpu": {**cpu_report(), "llm_repack": settings.llm_repack}}
+        try:
+            embedder = load_embedder(settings.embed_model, settings.embed_runtime)
+            session = getattr(embedder, "session", None)
+            out["embedder"] = {
+                "model": embed_model_label(settings.embed_model, settings.embed_runtime),
+                "runtime": settings.embed_runtime,
+                "providers": session.get_providers() if session is not None else ["torch"],
+            }
+        except Exception as e:
+            out["embedder"] = {"error": error_line(e)}
+        try:
+            out["index"] = {k: v for k, v in self.status().items() if k != "llm"}
+        except Exception as e:
+            out["index"] = {"index_dir": str(settings.index_dir), "error": error_line(e)}
+        self.loaded_setup()
+        out["llm"] = self.health()["llm"]
+        return out
+
     def status(self) -> dict:
         """Index and LLM facts for status lines."""
         s = self.searcher

@@ -85,6 +85,10 @@ def cmd_chat(args, settings: Settings) -> int:
     from rag.assistant import Assistant
 
     assistant = Assistant(with_backend(settings, args.backend))
+    assistant.warm()  # the index opened and the LLM's start-up check run before the first question
+    llm = assistant.health()["llm"]
+    if not llm["ok"]:
+        print(f"note: {llm['error']}; answers are quoted from the evidence", file=sys.stderr)
     history: list[dict] = []
     print("Ask about the indexed papers. Follow-up questions use the conversation. /clear forgets it; Ctrl-D quits.")
     while True:
@@ -125,6 +129,9 @@ def cmd_serve(args, settings: Settings) -> int:
         assistant.warm()
     except IndexingError as e:
         print(f"note: {e}; add a corpus file in the UI's Library tab", file=sys.stderr)
+    llm = assistant.health()["llm"]
+    if not llm["ok"]:
+        print(f"note: {llm['error']}; answers are quoted from the evidence", file=sys.stderr)
     host = f"[{settings.ui_host}]" if ":" in settings.ui_host else settings.ui_host
     access = "no keys: this machine only, no login" if keys.open else f"{len(keys.roles)} keys"
     print(
@@ -161,6 +168,32 @@ def cmd_config(args, settings: Settings) -> int:
         width = max(map(len, values))
         for name, value in values.items():
             print(f"RAG_{name.upper():<{width}}  {value}")
+    return 0
+
+
+def cmd_doctor(args, settings: Settings) -> int:
+    """What to paste into a bug report: CPU, llama.cpp, embedder, index, and the LLM's start-up check."""
+    from rag.assistant import Assistant
+
+    report = Assistant(settings).diagnose()
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    cpu, embedder, index, llm = report["cpu"], report["embedder"], report["index"], report["llm"]
+    print(f"CPU        {cpu['model']}; {', '.join(cpu['features']) or 'no AVX2'}")
+    print(f"llama.cpp  {cpu['llama_cpp']}")
+    print(f"           weight repacking {'on' if cpu['llm_repack'] else 'off'} (RAG_LLM_REPACK)")
+    if "error" in embedder:
+        print(f"embedder   error: {embedder['error']}")
+    else:
+        print(f"embedder   {embedder['model']} on {embedder['runtime']} ({', '.join(embedder['providers'])})")
+    if "error" in index:
+        print(f"index      {index['index_dir']}: {index['error']}")
+    else:
+        built = f"{index['papers']} papers, {index['chunks']} chunks, built {index['built_at']}"
+        print(f"index      {index['index_dir']}: {built}")
+    state = "ok (start-up check passed)" if llm["ok"] else f"cannot run: {llm['error']}"
+    print(f"LLM        {llm['backend']}: {state}")
     return 0
 
 
@@ -218,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_eval)
 
+    p = sub.add_parser("doctor", help="what a bug report needs: CPU, llama.cpp, embedder, index, LLM check")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_doctor)
+
     p = sub.add_parser("config", help="print the effective settings (secrets masked)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_config)
@@ -230,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     from rag.models import ModelError
 
     args = build_parser().parse_args(argv)
-    if args.command in ("ask", "chat", "ui", "serve", "eval"):
+    if args.command in ("ask", "chat", "ui", "serve", "eval", "doctor"):
         # torch's OpenMP threads spin after each embedding and starve llama.cpp's threads on 2 cores (first answer
         # after a search 6.6-8.8 s with this, 14.8-92 s without, in the browser test); indexing is 10% faster
         # without it, so only the commands that answer set it (before torch is imported).

@@ -43,6 +43,37 @@ def gguf_chat_template(model) -> Callable[[Sequence], str]:
     return to_prompt
 
 
+SIMD_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def cpu_report() -> dict:
+    """The CPU and what llama.cpp makes of it (its system info line): what a bug report about a crash needs."""
+    import platform
+
+    model, flags = "", set()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not model:
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    try:
+        import llama_cpp
+
+        system_info = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
+    except Exception as e:
+        system_info = f"llama.cpp is not available: {e}"
+    return {
+        "model": model or platform.processor() or platform.machine(),
+        "features": [f for f in SIMD_FLAGS if f in flags],
+        "llama_cpp": system_info,
+    }
+
+
 def describe(settings: Settings) -> str:
     """The active LLM, for status lines."""
     match settings.llm_backend:

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import pytest
 from llama_index.core.llms import ChatMessage as LlamaMessage
 from llama_index.core.llms import ChatResponse, CustomLLM, LLMMetadata
 
@@ -121,7 +122,8 @@ def test_a_generation_in_progress_blocks_neither_searches_nor_evidence_answers(f
 
 
 def drip_server(seconds_per_token: float = 1.0):
-    """A fake OpenAI-compatible endpoint that streams one token per second, forever (until the client leaves)."""
+    """A fake OpenAI-compatible endpoint that streams a token every `seconds_per_token`, never ending a sentence,
+    for as long as the client reads (100,000 tokens)."""
 
     class Drip(http.server.BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802
@@ -130,7 +132,7 @@ def drip_server(seconds_per_token: float = 1.0):
             self.send_header("Content-Type", "text/event-stream")
             self.end_headers()
             try:
-                for i in range(1000):
+                for i in range(100_000):
                     delta = {"role": "assistant", "content": "Proxy " if i == 0 else "tuning "}
                     chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "drip",
                              "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}  # fmt: skip
@@ -149,8 +151,9 @@ def drip_server(seconds_per_token: float = 1.0):
     return server
 
 
-def test_a_dripping_endpoint_ends_at_the_deadline_with_the_evidence(fixture_index):
-    drip = drip_server()
+@pytest.mark.parametrize("seconds_per_token", [1.0, 0.005], ids=["dripping", "streaming-steadily"])
+def test_a_dripping_endpoint_ends_at_the_deadline_with_the_evidence(fixture_index, seconds_per_token):
+    drip = drip_server(seconds_per_token)
     try:
         url = f"http://127.0.0.1:{drip.server_address[1]}/v1"
         assistant = Assistant(openai_backend(fixture_index, url, llm_deadline=3, api_keys=USER_KEY))
@@ -164,7 +167,7 @@ def test_a_dripping_endpoint_ends_at_the_deadline_with_the_evidence(fixture_inde
         drip.shutdown()
     notices = response.model_extra["notices"]
     assert len(notices) == 1 and "deadline of 3 s (RAG_LLM_DEADLINE)" in notices[0], notices
-    assert waited < 20  # bounded by the deadline; without it the drip goes on for 1000 s
+    assert waited < 20  # bounded by the deadline; without it the stream goes on for 100,000 tokens
     text = response.choices[0].message.content
     assert text.startswith("“") and "88% of the gap" in text.split("\n\nReferences:")[0]  # the evidence answer
     assert response.model_extra["references"][0]["title"] == PROXY

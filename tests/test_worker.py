@@ -130,6 +130,19 @@ def test_a_model_that_crashes_in_its_start_up_check_leaves_the_evidence_answer(f
     assert len(answer.notices) == 1 and "start-up check" in answer.notices[0]
 
 
+def test_rag_doctor_reports_the_cpu_the_index_and_why_the_llm_cannot_run(fixture_index, monkeypatch, capsys):
+    monkeypatch.setattr(generation, "FACTORY", "tests.fakes:crashing_llm")
+    monkeypatch.setenv("RAG_INDEX_DIR", str(fixture_index))
+    assert cli.main(["doctor", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "llama.cpp is not available" not in report["cpu"]["llama_cpp"] and report["cpu"]["llm_repack"] is False
+    assert report["embedder"]["providers"] == ["CPUExecutionProvider"] and report["index"]["papers"] == 10
+    assert report["llm"]["ok"] is False and "killed by SIGSEGV" in report["llm"]["error"]
+    assert cli.main(["doctor"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1].startswith("LLM        llamacpp: ") and "cannot run" in lines[-1]
+
+
 def test_llama_cpp_loads_without_weight_repacking_unless_asked():
     from rag.llm import make_llm
 
