@@ -142,21 +142,20 @@ def query(index_dir: str, plain_dir: str, n_ask: str) -> dict:
 
 
 def ask_ours(assistant, questions: list[str]) -> dict:
-    from rag.answer import Answer
-
     assistant.ask(questions[0])  # warm-up: loads the LLM
     first_token, first_text, total, refused = [], [], [], 0
     for q in questions:
         t, shown = time.perf_counter(), None
-        for item in assistant.stream(q):
+        stream = assistant.stream(q)
+        for _piece in stream:
             if shown is None:
                 shown = time.perf_counter() - t
-            if isinstance(item, Answer):
-                total.append(time.perf_counter() - t)
-                first_text.append(shown)
-                refused += item.refused
-                if "first_token" in item.timings:
-                    first_token.append(item.timings["first_token"])
+        answer = stream.answer
+        total.append(time.perf_counter() - t)
+        first_text.append(shown)
+        refused += answer.refused
+        if "first_token" in answer.timings:
+            first_token.append(answer.timings["first_token"])
     return {
         "questions": len(questions),
         "refused": refused,

@@ -13,14 +13,23 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Generator, Iterator
+from dataclasses import asdict, dataclass, field
 
 from rag import conversation
 from rag.citations import FREE, Checked, StreamVerifier, numbers
-from rag.evidence import QUANTITY_QUESTION, Evidence, content_terms, refusal_reason, score_sentences, select
-from rag.generation import stream_text
-from rag.search import Hit
+from rag.evidence import (
+    QUANTITY_QUESTION,
+    Evidence,
+    asked_parts,
+    content_terms,
+    refusal_reason,
+    score_sentences,
+    select,
+)
+from rag.generation import Deadline, Writer
+from rag.llm import EVIDENCE_ONLY
+from rag.search import Hit, Searcher
 from rag.settings import Settings, error_line
 
 REFUSAL = "I could not find this in the indexed papers"
@@ -53,11 +62,24 @@ WHICH_PAPER = re.compile(
 
 
 @dataclass
+class Citation:
+    """One cited paper of an answer: its [n], and the evidence sentences quoted from it."""
+
+    n: int
+    paper_id: str
+    title: str
+    url: str
+    quotes: list[str]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
 class Answer:
     question: str
-    text: str
+    prose: str  # the answer without its references: a refusal, or sentences each citing [n]
     refused: bool
-    citations: list[dict] = field(default_factory=list)  # one per cited paper: {n, paper_id, title, url, quotes}
     evidence: list[Evidence] = field(default_factory=list)
     closest: list[Hit] = field(default_factory=list)  # on refusal: the nearest papers, not answering
     notices: list[str] = field(default_factory=list)  # one line per problem (LLM down, garbage output, ...)
@@ -69,9 +91,17 @@ class Answer:
     generated: dict[str, int] = field(default_factory=dict)  # generated sentences: kept, dropped, repeated
 
     @property
-    def prose(self) -> str:
-        """The answer without its references block."""
-        return self.text.split(REFERENCES)[0]
+    def citations(self) -> list[Citation]:
+        """One per cited paper, in [n] order, with its quoted sentences (the evidence grouped by paper)."""
+        return [
+            Citation(g[0].n, g[0].paper_id, g[0].title, g[0].url, [ev.quote for ev in g])
+            for g in papers_of(self.evidence)
+        ]
+
+    @property
+    def text(self) -> str:
+        """The prose followed by its references, as the CLI, the API and conversation histories show it."""
+        return self.prose + references_block(self.citations)
 
     def to_dict(self) -> dict:
         return {
@@ -79,7 +109,7 @@ class Answer:
             "text": self.text,
             "opening": self.opening,
             "refused": self.refused,
-            "citations": self.citations,
+            "citations": [c.to_dict() for c in self.citations],
             "evidence": [e.to_dict() for e in self.evidence],
             "closest": [h.to_dict() for h in self.closest],
             "notices": self.notices,
@@ -89,6 +119,23 @@ class Answer:
             "backend": self.backend,
             "query": self.query,
         }
+
+
+class AnswerStream:
+    """An answer as it is written: iterating yields its prose in pieces, each verified before it is yielded;
+    `answer` is the whole Answer once the iteration has ended (`result()` runs it to the end)."""
+
+    def __init__(self, steps: Generator[str, None, Answer]):
+        self._steps = steps
+        self.answer: Answer | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        self.answer = yield from self._steps
+
+    def result(self) -> Answer:
+        for _ in self:
+            pass
+        return self.answer
 
 
 def quoted(text: str) -> str:
@@ -117,24 +164,14 @@ def build_messages(question: str, evidence: list[Evidence], previous: str | None
     return [ChatMessage(role="system", content=SYSTEM_PROMPT), ChatMessage(role="user", content=user)]
 
 
-def citations(evidence: list[Evidence]) -> list[dict]:
-    return [
-        {
-            "n": g[0].n,
-            "paper_id": g[0].paper_id,
-            "title": g[0].title,
-            "url": g[0].url,
-            "quotes": [ev.quote for ev in g],
-        }
-        for g in papers_of(evidence)
-    ]
-
-
-def references_block(evidence: list[Evidence]) -> str:
+def references_block(citations: list[Citation]) -> str:
+    """The references that follow the prose: each cited paper once, its quoted sentences beneath ("" for none)."""
+    if not citations:
+        return ""
     lines = [REFERENCES]
-    for g in papers_of(evidence):
-        lines.append(f"[{g[0].n}] {g[0].title} <{g[0].url}>")
-        lines += [f"    “{ev.quote}”" for ev in g]
+    for c in citations:
+        lines.append(f"[{c.n}] {c.title} <{c.url}>")
+        lines += [f"    “{quote}”" for quote in c.quotes]
     return "\n".join(lines)
 
 
@@ -212,114 +249,140 @@ def refusal_text(reason: str, closest: list[Hit]) -> str:
     return "\n".join(lines)
 
 
-def run(
-    question: str,
-    history: list | None,
-    *,
-    settings: Settings,
-    searcher,
-    embed,
-    llm,
-    backend: str,
-    k: int | None = None,
-    mode: str | None = None,
-    slots=None,  # local models' worker processes (rag.generation.Slots), taken for the generation only
-    deadline=None,  # rag.generation.Deadline bounding the wait for and use of the LLM
-) -> Iterator[str | Answer]:
-    """Yield the response text in pieces (joined they are `Answer.text`), then the Answer."""
+@dataclass
+class Draft:
+    """One answer while it is written: what its steps share."""
+
+    answer: Answer
+    hits: list[Hit]
+    history: list | None = None
+    started: float = field(default_factory=time.perf_counter)
+    timings: dict[str, float] = field(default_factory=dict)
+    pieces: list[str] = field(default_factory=list)  # the prose yielded so far; joined they are the prose
+
+    def lap(self, name: str, since: float) -> None:
+        self.timings[name] = time.perf_counter() - since
+
+    def emit(self, sentence: str) -> str:
+        if not self.pieces:
+            self.lap("first_text", self.started)
+            self.answer.opening = sentence
+        self.pieces.append(sentence if not self.pieces else " " + sentence)
+        return self.pieces[-1]
+
+    def finish(self) -> Answer:
+        self.answer.prose = "".join(self.pieces)
+        self.lap("total", self.started)
+        self.answer.timings = {k: round(v, 4) for k, v in self.timings.items()}
+        return self.answer
+
+
+def gather(question: str, history: list | None, settings: Settings, searcher, k: int | None, mode: str | None) -> Draft:
+    """Search, then the evidence: the sentences of the top papers that best answer the question (or its follow-up
+    query), numbered by paper. The query and the parts it asks are embedded once, for both."""
     started = time.perf_counter()
-    timings: dict[str, float] = {}
     question = " ".join(question.split())
     query = conversation.resolve(question, history)
-    hits = searcher.search(query, k=max(k or settings.search_k, settings.answer_papers), mode=mode)
-    timings["search"] = time.perf_counter() - started
+    asks = asked_parts(query)
+    ask_vectors = searcher.embed(asks)
+    hits = searcher.search(
+        query, k=max(k or settings.search_k, settings.answer_papers), mode=mode, vector=ask_vectors[0]
+    )
+    draft = Draft(Answer(question=question, prose="", refused=False, query=query), hits, history, started)
+    draft.lap("search", started)
 
     t = time.perf_counter()
     top = hits[: settings.answer_papers]
-    stored = searcher.catalog.sentence_vectors([h.paper_id for h in top])
-    scored = score_sentences(query, top, searcher.papers, embed, stored)
+    stored = searcher.sentence_vectors([h.paper_id for h in top])
+    scored = score_sentences(asks, ask_vectors, top, searcher.papers, searcher.embed, stored)
     floor = settings.evidence_floor_papers if WHICH_PAPERS.search(question) else settings.evidence_floor
-    evidence = select(scored, settings.evidence_per_paper, settings.evidence_max, settings.evidence_threshold, floor)
-    timings["evidence"] = time.perf_counter() - t
-    answer = Answer(question=question, text="", refused=False, evidence=evidence, backend=backend, query=query)
+    draft.answer.evidence = select(
+        scored, settings.evidence_per_paper, settings.evidence_max, settings.evidence_threshold, floor
+    )
+    draft.lap("evidence", t)
+    return draft
 
-    reason = refusal_reason(question, evidence, searcher.vocabulary, settings.refuse_threshold, settings.unknown_share)
-    if reason:
-        answer.refused, answer.evidence, answer.closest = True, [], hits[:3]
-        answer.text = refusal_text(reason, answer.closest)
-        timings["first_text"] = timings["total"] = time.perf_counter() - started
-        answer.timings = {k: round(v, 4) for k, v in timings.items()}
-        yield answer.text
-        yield answer
-        return
 
-    pieces: list[str] = []  # what was yielded; joined they are the text
+def refuse(draft: Draft, reason: str) -> Iterator[str]:
+    answer = draft.answer
+    answer.refused, answer.evidence, answer.closest = True, [], draft.hits[:3]
+    yield draft.emit(refusal_text(reason, answer.closest))
 
-    def emit(sentence: str) -> str:
-        if not pieces:
-            timings["first_text"] = time.perf_counter() - started
-            answer.opening = sentence
-        pieces.append(sentence if not pieces else " " + sentence)
-        return pieces[-1]
 
-    style = answer_style(settings)
-    answering = answering_sentences(question, evidence)
-    quoted_first = {ev.quote for ev in answering}
+def generate(draft: Draft, writer: Writer, style: str, deadline: Deadline | None) -> Iterator[str]:
+    """The LLM's sentences from the numbered evidence, each yielded once verified (rag/citations.py) and only when
+    it adds something the opening does not say. Any failure of the LLM becomes one notice; the evidence stands."""
+    answer, question, query = draft.answer, draft.answer.question, draft.answer.query
+    quoted_first = {ev.quote for ev in answering_sentences(question, answer.evidence)}
 
     def repeats_opening(checked: Checked) -> bool:
         """Nothing the opening and the question do not already say: fewer than two new words, or (when the opening
         quotes the evidence) stated only by the sentences the opening quotes."""
-        if not pieces:
+        if not draft.pieces:
             return False
         said = content_terms(answer.opening) | content_terms(query)
         only_quoted = style == "extractive" and {ev.quote for ev in checked.supporting} <= quoted_first
         return only_quoted or len(content_terms(checked.text) - FREE - said) < 2
 
-    opening = opening_sentence(question, evidence, answering)
-    generating = llm is not None or slots is not None
-    if style == "extractive" or not generating:
-        yield emit(opening)
-    verifier = StreamVerifier(evidence, query, skip=repeats_opening)
-    if generating:
-        t = time.perf_counter()
-        previous = conversation.user_turns(history)[-1] if query != question else None
-        try:
-            messages = build_messages(question, evidence, previous, style)
-            for delta in stream_text(llm, messages, slots=slots, deadline=deadline):
-                if delta and "first_token" not in timings:
-                    timings["first_token"] = time.perf_counter() - started
-                for sentence in verifier.feed(delta):
-                    yield emit(sentence)
-                checked = len(verifier.kept) + len(verifier.dropped) + verifier.repeated
-                if style == "extractive" and checked >= EXTRACTIVE_SENTENCES:
-                    break  # asked for one sentence: what a small model writes after two is filler
-            else:
-                for sentence in verifier.finish():
-                    yield emit(sentence)
-            if not verifier.raw.strip():
-                answer.notices.append("The LLM returned an empty answer; the answer is quoted from the evidence.")
-            elif not verifier.kept and not verifier.repeated:
-                answer.notices.append(
-                    "The LLM wrote no sentence the evidence states; the answer is quoted from the evidence."
-                )
-        except Exception as e:  # any backend failure becomes one line; the evidence answer still stands
+    verifier = StreamVerifier(answer.evidence, query, skip=repeats_opening)
+    t = time.perf_counter()
+    previous = conversation.user_turns(draft.history)[-1] if query != question else None
+    try:
+        messages = build_messages(question, answer.evidence, previous, style)
+        for delta in writer.stream(messages, deadline):
+            if delta and "first_token" not in draft.timings:
+                draft.lap("first_token", draft.started)
+            for sentence in verifier.feed(delta):
+                yield draft.emit(sentence)
+            checked = len(verifier.kept) + len(verifier.dropped) + verifier.repeated
+            if style == "extractive" and checked >= EXTRACTIVE_SENTENCES:
+                break  # asked for one sentence: what a small model writes after two is filler
+        else:
+            for sentence in verifier.finish():
+                yield draft.emit(sentence)
+        if not verifier.raw.strip():
+            answer.notices.append("The LLM returned an empty answer; the answer is quoted from the evidence.")
+        elif not verifier.kept and not verifier.repeated:
             answer.notices.append(
-                f"The LLM ({backend}) failed: {error_line(e)}. The answer is quoted from the evidence."
+                "The LLM wrote no sentence the evidence states; the answer is quoted from the evidence."
             )
-        timings["generate"] = time.perf_counter() - t
-        answer.dropped = [d.dropped.strip() for d in verifier.dropped]
-        answer.generated = {
-            "kept": len(verifier.kept),
-            "dropped": len(verifier.dropped),
-            "repeated": verifier.repeated,
-        }
-    if not pieces:
-        yield emit(opening)
-    pieces.append(references_block(evidence))
-    yield pieces[-1]
+    except Exception as e:  # any backend failure becomes one line; the evidence answer still stands
+        answer.notices.append(
+            f"The LLM ({writer.name}) failed: {error_line(e)}. The answer is quoted from the evidence."
+        )
+    draft.lap("generate", t)
+    answer.dropped = [d.dropped.strip() for d in verifier.dropped]
+    answer.generated = {"kept": len(verifier.kept), "dropped": len(verifier.dropped), "repeated": verifier.repeated}
 
-    answer.text = "".join(pieces)
-    answer.citations = citations(evidence)
-    timings["total"] = time.perf_counter() - started
-    answer.timings = {k: round(v, 4) for k, v in timings.items()}
-    yield answer
+
+def run(
+    question: str,
+    history: list | None,
+    *,
+    settings: Settings,
+    searcher: Searcher,
+    writer: Writer | None,
+    deadline: Deadline | None = None,
+    k: int | None = None,
+    mode: str | None = None,
+) -> Generator[str, None, Answer]:
+    """Yield the prose in pieces (joined they are `Answer.prose`), then return the Answer. `writer` None: the
+    evidence answer, no LLM."""
+    draft = gather(question, history, settings, searcher, k, mode)
+    answer = draft.answer
+    answer.backend = writer.name if writer else EVIDENCE_ONLY
+    reason = refusal_reason(
+        answer.question, answer.evidence, searcher.vocabulary, settings.refuse_threshold, settings.unknown_share
+    )
+    if reason:
+        yield from refuse(draft, reason)
+        return draft.finish()
+    style = answer_style(settings)
+    opening = opening_sentence(answer.question, answer.evidence, answering_sentences(answer.question, answer.evidence))
+    if style == "extractive" or writer is None:
+        yield draft.emit(opening)
+    if writer is not None:
+        yield from generate(draft, writer, style, deadline)
+    if not draft.pieces:
+        yield draft.emit(opening)
+    return draft.finish()

@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from rag import answer as answering
 from rag import storage
-from rag.answer import Answer
-from rag.generation import Deadline, Slots, start_workers, stream_text
+from rag.answer import Answer, AnswerStream
+from rag.generation import Deadline, Slots, Writer, start_workers
 from rag.index import IndexReport, build_index
-from rag.llm import EVIDENCE_ONLY, LOCAL_BACKENDS, describe, make_llm
+from rag.llm import LOCAL_BACKENDS, describe, make_llm
 from rag.models import load_embedder
 from rag.search import Hit, Searcher
 from rag.settings import Settings, error_line
@@ -63,8 +63,11 @@ class Setup:
         return f"custom: {self.llm.metadata.model_name}" if self.given else describe(self.settings)
 
     @property
-    def generates(self) -> bool:
-        return self.llm is not None or self.slots is not None
+    def writer(self) -> Writer | None:
+        """What answers generate with; None for evidence-only answers (backend 'none', or an LLM that failed)."""
+        if self.llm is None and self.slots is None:
+            return None
+        return Writer(self.describe(), self.llm, self.slots)
 
 
 def load(setup: Setup, strict: bool = False) -> Setup:
@@ -193,9 +196,7 @@ class Assistant:
             from llama_index.core.llms import ChatMessage
 
             try:
-                for _delta in stream_text(
-                    setup.llm, [ChatMessage(role="user", content=WARM_QUESTION)], deadline=Deadline(60)
-                ):
+                for _delta in setup.writer.stream([ChatMessage(role="user", content=WARM_QUESTION)], Deadline(60)):
                     break
             except Exception:
                 pass  # a failing endpoint shows in the answers' notices, not at start-up
@@ -212,32 +213,31 @@ class Assistant:
         k: int | None = None,
         mode: str | None = None,
         generate: bool = True,
-    ) -> Iterator[str | Answer]:
-        """Yield the answer text in pieces as it is verified, then the final `Answer`.
+    ) -> AnswerStream:
+        """The answer as it is written: iterate for the prose in pieces, each verified; then `.answer`.
 
         generate=False gives the evidence answer without the LLM (what backend 'none' gives), for this call only."""
+        return AnswerStream(self._answer(question, history, k, mode, generate))
+
+    def _answer(self, question, history, k, mode, generate) -> Generator[str, None, Answer]:
         setup = self.loaded_setup() if generate else self._setup
         deadline = Deadline(setup.settings.llm_deadline)  # from when asked; a first-use model load is not counted
-        backend = setup.describe() if generate else EVIDENCE_ONLY
-        embedder = load_embedder(setup.settings.embed_model, setup.settings.embed_runtime)
-        for item in answering.run(
+        writer = setup.writer if generate else None
+        answer = yield from answering.run(
             question,
             history,
             settings=setup.settings,
             searcher=self.searcher,
-            embed=embedder.encode,
-            llm=setup.llm if generate else None,
-            backend=backend,
+            writer=writer,
+            deadline=deadline,
             k=k,
             mode=mode,
-            slots=setup.slots if generate else None,
-            deadline=deadline,
-        ):
-            if isinstance(item, Answer) and generate and setup.error and not item.refused:
-                item.notices.append(
-                    f"The LLM ({backend}) failed: {setup.error}. The answer is quoted from the evidence."
-                )
-            yield item
+        )
+        if generate and setup.error and not answer.refused:
+            answer.notices.append(
+                f"The LLM ({setup.describe()}) failed: {setup.error}. The answer is quoted from the evidence."
+            )
+        return answer
 
     def ask(
         self,
@@ -247,10 +247,7 @@ class Assistant:
         mode: str | None = None,
         generate: bool = True,
     ) -> Answer:
-        for item in self.stream(question, history, k=k, mode=mode, generate=generate):
-            if isinstance(item, Answer):
-                return item
-        raise RuntimeError("the answer pipeline ended without an answer")
+        return self.stream(question, history, k=k, mode=mode, generate=generate).result()
 
     def add_files(self, paths: list[str | Path], skip_bad: bool = False, progress: bool = False) -> IndexReport:
         """Index more corpus files incrementally; the new papers are searchable as soon as this returns."""

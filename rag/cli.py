@@ -54,15 +54,13 @@ def with_backend(settings: Settings, backend: str | None) -> Settings:
 
 def print_answer_stream(assistant, question: str, history: list | None, k: int | None, mode: str | None):
     """Print the answer as it streams, then the references and any notice; returns the Answer."""
-    from rag.answer import Answer
+    from rag.answer import references_block
 
-    answer = None
-    for item in assistant.stream(question, history, k=k, mode=mode):
-        if isinstance(item, Answer):
-            answer = item
-        else:
-            print(item, end="", flush=True)
-    print()  # the streamed text ends with the references, each paper once with its quoted sentences
+    stream = assistant.stream(question, history, k=k, mode=mode)
+    for piece in stream:
+        print(piece, end="", flush=True)
+    answer = stream.answer
+    print(references_block(answer.citations))  # each paper once, with its quoted sentences
     for notice in answer.notices:
         print(f"note: {notice}", file=sys.stderr)
     return answer

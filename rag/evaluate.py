@@ -14,6 +14,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from rag.answer import Citation
 from rag.citations import parse_markers
 from rag.corpus import title_key
 
@@ -62,18 +63,18 @@ def keyword_hit(text: str, groups: list[list[str]]) -> bool | None:
     return all(any(alt.lower() in low for alt in group) for group in groups)
 
 
-def citations_valid(text: str, citations: list[dict], retrieved_ids: set[str]) -> bool:
+def citations_valid(text: str, citations: list[Citation], retrieved_ids: set[str]) -> bool:
     """Every [n] in the text names a citation whose paper was among the retrieved papers."""
-    by_n = {c["n"]: c for c in citations}
-    return all(n in by_n and by_n[n]["paper_id"] in retrieved_ids for n in parse_markers(text))
+    by_n = {c.n: c for c in citations}
+    return all(n in by_n and by_n[n].paper_id in retrieved_ids for n in parse_markers(text))
 
 
-def gold_cited(citations: list[dict], gold: list[str]) -> bool | None:
+def gold_cited(citations: list[Citation], gold: list[str]) -> bool | None:
     """True when a cited paper is one of the gold papers; None when there is no gold paper."""
     wanted = {title_key(t) for t in gold}
     if not wanted:
         return None
-    return any(title_key(c["title"]) in wanted for c in citations)
+    return any(title_key(c.title) in wanted for c in citations)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -172,7 +173,7 @@ def score_question(q: dict, hits: list, answer=None) -> dict:
         "gold_ranks": ranks,
     }
     if answer is not None:
-        cited = [title_key(c["title"]) for c in answer.citations]
+        cited = [title_key(c.title) for c in answer.citations]
         wanted = {title_key(g) for g in gold}
         row.update(
             {

@@ -190,15 +190,21 @@ def sentence_score(meaning: float, q_terms: set[str], wants, terms: set[str], se
     return score / 2 if BOILERPLATE.search(sentence) else score
 
 
+def asked_parts(question: str) -> list[str]:
+    """What a question's evidence is scored against: the question, then its parts when it asks several things."""
+    parts = question_parts(question)
+    return [question] + (parts if len(parts) > 1 else [])
+
+
 def score_sentences(
-    question: str, hits: list, papers: dict[str, dict], embed, stored: dict | None = None
+    asks: list[str], ask_vectors: list, hits: list, papers, embed, stored: dict | None = None
 ) -> list[Evidence]:
     """Every sentence of the hit papers, scored against the question, best first (n is not yet assigned). When the
     question asks several things, each sentence is also scored against each part (`Evidence.part_scores`).
 
-    `embed(texts) -> list[vector]` gives normalized vectors. `stored` (paper id -> one vector per abstract
-    sentence, from index time) spares embedding those sentences: then only the question and the metadata lines are
-    embedded now.
+    `asks` is `asked_parts(question)` and `ask_vectors` their normalized vectors. `embed(texts) -> list[vector]`
+    embeds the sentences that `stored` (paper id -> one vector per abstract sentence, from index time) does not
+    hold: the metadata lines, or every sentence of an index built without sentence vectors.
     """
     import numpy as np
 
@@ -217,12 +223,9 @@ def score_sentences(
                 todo.append(len(rows) - 1)
     if not rows:
         return []
-    parts = question_parts(question)
-    asks = [question] + (parts if len(parts) > 1 else [])
-    fresh = embed(asks + [rows[i][2] for i in todo])
-    for i, vector in zip(todo, fresh[len(asks) :]):
+    for i, vector in zip(todo, embed([rows[i][2] for i in todo]) if todo else []):
         vectors[i] = vector
-    meaning = np.asarray(vectors, dtype=np.float32) @ np.asarray(fresh[: len(asks)], dtype=np.float32).T
+    meaning = np.asarray(vectors, dtype=np.float32) @ np.asarray(ask_vectors, dtype=np.float32).T
     ask_terms = [content_terms(a) for a in asks]
     wants = [[holds for kind, holds in ANSWER_KINDS if kind.search(a)][:1] for a in asks]
     title_terms = {hit.paper_id: content_terms(papers[hit.paper_id]["title"]) for hit in hits}

@@ -27,6 +27,8 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 from rag.llm import LLMError
 from rag.models import ModelError
@@ -124,30 +126,37 @@ def start_workers(settings: Settings, factory: str | None = None) -> Slots:
     return Slots(workers)
 
 
-def stream_text(llm, messages, *, slots: Slots | None = None, deadline: Deadline | None = None) -> Iterator[str]:
-    """The LLM's answer as text deltas, bounded by the deadline on the wall clock, whatever the generator does
-    (a steady stream, a drip, a hang, a crash).
+@dataclass(frozen=True)
+class Writer:
+    """The LLM an answer is written with: its name (for notices and `Answer.backend`) and where it runs: `slots`
+    of worker processes (local models) or of one LLM object, or `llm`, an object of this process called directly
+    (a remote endpoint, in parallel with others)."""
 
-    With `slots`, the generation waits for a free slot (within the deadline) and runs there: in a worker process
-    (local models), or in a thread on the LLM object of the slot. Without, `llm` (a remote endpoint) is called
-    directly, in parallel with others, with its read timeout cut to what is left of the deadline.
-    A failure is re-raised as it came, or as a one-line LLMError when its message held URL credentials.
-    """
-    deadline = deadline or Deadline(float("inf"))
-    if slots is None:
-        yield from stream_in_thread(llm, messages, deadline)
-        return
-    with slots.take(deadline) as member:
-        if isinstance(member, LocalWorker):
-            yield from member.stream(messages, deadline)
-        else:
-            yield from stream_in_thread(member, messages, deadline, hold=True)
+    name: str
+    llm: Any = None
+    slots: Slots | None = None
+
+    def stream(self, messages, deadline: Deadline | None = None) -> Iterator[str]:
+        """The LLM's answer as text deltas, bounded by the deadline on the wall clock, whatever the generator does
+        (a steady stream, a drip, a hang, a crash). With slots, the generation first waits for a free one (within
+        the deadline). A failure is re-raised as it came, or as a one-line LLMError when its message held URL
+        credentials."""
+        deadline = deadline or Deadline(float("inf"))
+        if self.slots is None:
+            yield from stream_in_thread(self.llm, messages, deadline)
+            return
+        with self.slots.take(deadline) as member:
+            if isinstance(member, LocalWorker):
+                yield from member.stream(messages, deadline)
+            else:
+                yield from stream_in_thread(member, messages, deadline, hold=True)
 
 
 def stream_in_thread(llm, messages, deadline: Deadline, hold: bool = False) -> Iterator[str]:
     """An LLM object of this process, generating in its own thread: this generator ends at the deadline with an
     LLMError even while the endpoint streams steadily or hangs; the thread stops at its next token (or when its read
-    times out). hold: return only once the thread has stopped (up to STOP_GRACE), as the slot it holds is busy."""
+    times out); a remote endpoint's read timeout is cut to what is left of the deadline. hold: return only once the
+    thread has stopped (up to STOP_GRACE), as the slot it holds is busy."""
     out: queue.Queue = queue.Queue()
     stop = threading.Event()
     stopped = threading.Event()

@@ -65,17 +65,23 @@ class Searcher:
             )
         return self._vectors
 
-    def embed_query(self, query: str) -> list[float]:
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """Normalized vectors of texts, with the model this index was built with."""
         s = self.settings
-        return load_embedder(s.embed_model, s.embed_runtime).encode([query])[0]
+        return load_embedder(s.embed_model, s.embed_runtime).encode(texts)
 
-    def ranked_papers(self, query: str, mode: str) -> list[tuple[str, float, str]]:
-        """(paper_id, score, snippet text) best first, for one retrieval mode, published papers only."""
+    def sentence_vectors(self, paper_ids: list[str]) -> dict:
+        """paper id -> the vectors of its abstract's sentences stored at index time (papers without: absent)."""
+        return self.catalog.sentence_vectors(paper_ids)
+
+    def ranked_papers(self, query: str, mode: str, vector=None) -> list[tuple[str, float, str]]:
+        """(paper_id, score, snippet text) best first, for one retrieval mode, published papers only. `vector`:
+        the query's, when the caller has embedded it already."""
         n = self.settings.candidates
         if mode == "dense":
             # papers a running (or killed) build wrote are in Chroma but not yet published: while some of those
             # come back, ask for more. (Counting the collection instead took 15 ms per search at 100k papers.)
-            vector, size = self.embed_query(query), n + DENSE_SLACK
+            vector, size = vector if vector is not None else self.embed([query])[0], n + DENSE_SLACK
             while True:
                 ranked = self.vectors.query(vector, size)
                 shown = self.catalog.visible([pid for pid, _ in ranked])
@@ -87,17 +93,20 @@ class Searcher:
             return best_chunk_per_paper(self.catalog.bm25(query, 2 * n))[:n]
         if mode == "hybrid":
             return fuse(
-                self.ranked_papers(query, "dense"), self.ranked_papers(query, "bm25"), self.settings.dense_weight, n
+                self.ranked_papers(query, "dense", vector),
+                self.ranked_papers(query, "bm25"),
+                self.settings.dense_weight,
+                n,
             )
         raise ValueError(f"unknown search mode {mode!r} (hybrid, dense or bm25)")
 
-    def search(self, query: str, k: int | None = None, mode: str | None = None) -> list[Hit]:
+    def search(self, query: str, k: int | None = None, mode: str | None = None, vector=None) -> list[Hit]:
         query = " ".join(query.split())
         if not query:
             return []
         k = k or self.settings.search_k
         hits: list[Hit] = []
-        for pid, score, text in self.ranked_papers(query, mode or self.settings.search_mode):
+        for pid, score, text in self.ranked_papers(query, mode or self.settings.search_mode, vector):
             paper = self.papers.get(pid)
             if paper is None:
                 continue

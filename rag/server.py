@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rag.access import ADMIN, Keys
-from rag.answer import Answer
+from rag.answer import Answer, AnswerStream, references_block
 from rag.corpus import CorpusError
 from rag.index import IndexingError
 from rag.llm import LOCAL_BACKENDS, admin_model
@@ -90,8 +90,8 @@ class LLMChange(BaseModel):
 def answer_extras(answer: Answer) -> dict:
     """What every completion adds to the OpenAI shape: the references of the answer (one per cited paper)."""
     return {
-        "citations": [c["url"] for c in answer.citations],
-        "references": answer.citations,
+        "citations": [c.url for c in answer.citations],
+        "references": [c.to_dict() for c in answer.citations],
         "refused": answer.refused,
         "notices": answer.notices,
     }
@@ -112,7 +112,7 @@ def sse(data: dict) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def completion_chunks(pieces, model: str):
+def completion_chunks(stream: AnswerStream, model: str):
     """Server-sent `chat.completion.chunk` events: the text as it is verified, then a last chunk with
     finish_reason 'stop' and the references, then [DONE]. A failure mid-stream is one OpenAI error event."""
     base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time())}
@@ -122,15 +122,14 @@ def completion_chunks(pieces, model: str):
         return sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra})
 
     yield chunk({"role": "assistant", "content": ""})
-    answer = None
     try:
-        for item in pieces:
-            if isinstance(item, Answer):
-                answer = item
-            elif item:
-                yield chunk({"content": item})
-        if answer is None:
-            raise RuntimeError("the answer pipeline ended without an answer")
+        for piece in stream:
+            if piece:
+                yield chunk({"content": piece})
+        answer = stream.answer
+        references = references_block(answer.citations)
+        if references:
+            yield chunk({"content": references})
     except Exception as e:
         yield sse(error_body(error_line(e), "server_error"))
         yield "data: [DONE]\n\n"
@@ -225,8 +224,8 @@ def build_app(assistant, keys: Keys | None = None, ui: bool = True) -> FastAPI:
         """An answer to the last user message, the earlier ones as the conversation; cited, with references."""
         question, history, generate = parse_chat(req)
         if req.stream:
-            pieces = assistant.stream(question, history, k=req.k, mode=req.mode, generate=generate)
-            return StreamingResponse(completion_chunks(pieces, req.model), media_type="text/event-stream")
+            stream = assistant.stream(question, history, k=req.k, mode=req.mode, generate=generate)
+            return StreamingResponse(completion_chunks(stream, req.model), media_type="text/event-stream")
         answer = guarded(assistant.ask, question, history, k=req.k, mode=req.mode, generate=generate)
         return completion(answer, req.model)
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from rag import Assistant
-from rag.answer import REFUSAL, Answer, build_messages
+from rag.answer import REFUSAL, build_messages
 from rag.citations import parse_markers
 from rag.evidence import Evidence
 from rag.settings import Settings
@@ -18,13 +18,9 @@ PROXY = "Tuning Language Models by Proxy"
 
 
 def run(assistant, question, history=None):
-    pieces, answer = [], None
-    for item in assistant.stream(question, history):
-        if isinstance(item, Answer):
-            answer = item
-        else:
-            pieces.append(item)
-    return pieces, answer
+    stream = assistant.stream(question, history)
+    pieces = list(stream)
+    return pieces, stream.answer
 
 
 def assistant_with(fixture_index, script=(), settings=None, **kw):
@@ -43,7 +39,7 @@ def test_answer_opens_with_the_answering_evidence_and_keeps_only_what_the_eviden
     # no floor: the other sentences of the paper are evidence too, so the model can add what they state
     assistant, llm = assistant_with(fixture_index, script, settings={"evidence_floor": 0.0})
     pieces, answer = run(assistant, QUESTION)
-    assert "".join(pieces) == answer.text and not answer.refused
+    assert "".join(pieces) == answer.prose and not answer.refused
     # the opening is the answering sentence, quoted and cited, and it is the first piece shown
     assert pieces[0] == answer.opening and ANSWER_88 in answer.opening and answer.opening.endswith("[1]")
     assert answer.text.startswith("“")
@@ -55,10 +51,10 @@ def test_answer_opens_with_the_answering_evidence_and_keeps_only_what_the_eviden
     assert answer.generated == {"kept": 1, "dropped": 1, "repeated": 0}  # asked for one sentence: stops after two
     # references: each paper once, its quoted sentences beneath
     assert answer.text[len(prose) :].startswith("\n\nReferences:\n[1] Tuning Language Models by Proxy <")
-    cited = {c["n"]: c for c in answer.citations}
+    cited = {c.n: c for c in answer.citations}
     assert set(parse_markers(answer.text)) <= set(cited)
-    assert cited[1]["title"] == PROXY and any("88%" in q for q in cited[1]["quotes"])
-    assert len({c["paper_id"] for c in answer.citations}) == len(answer.citations)
+    assert cited[1].title == PROXY and any("88%" in q for q in cited[1].quotes)
+    assert len({c.paper_id for c in answer.citations}) == len(answer.citations)
     assert {"search", "evidence", "first_token", "first_text", "generate", "total"} <= answer.timings.keys()
     assert answer.timings["first_text"] < answer.timings["first_token"]  # the opening does not wait for the LLM
     json.dumps(answer.to_dict())
@@ -84,7 +80,7 @@ def test_synthesis_style_opens_with_the_verified_model_sentence_and_drops_the_fa
     assert len(answer.dropped) == 3 and answer.generated["kept"] == 1  # changed number, flipped finding, splice
     for false in answer.dropped:
         assert false not in answer.text
-    assert answer.citations[0]["title"] == PROXY
+    assert answer.citations[0].title == PROXY
 
 
 def test_synthesis_falls_back_to_the_quoted_evidence_when_nothing_survives(fixture_index):
@@ -126,7 +122,7 @@ def test_empty_or_garbage_output_leaves_the_quoted_answer(fixture_index, script,
 
 def test_backend_none_gives_the_evidence_answer(fixture_index):
     answer = Assistant(Settings(index_dir=fixture_index, llm_backend="none")).ask(QUESTION)
-    assert answer.notices == [] and answer.citations[0]["title"] == PROXY
+    assert answer.notices == [] and answer.citations[0].title == PROXY
     assert ANSWER_88 in answer.opening and answer.backend == "none (evidence only)"
 
 
@@ -135,7 +131,7 @@ def test_followup_is_searched_with_the_previous_question(fixture_index):
     history = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": "88% [1]."}]
     _, answer = run(assistant, "and what does it operate on top of?", history)
     assert answer.query == f"{QUESTION} and what does it operate on top of?"
-    assert answer.citations[0]["title"] == PROXY
+    assert answer.citations[0].title == PROXY
     assert "Earlier question: " + QUESTION in llm.prompts[0]
 
 

@@ -33,15 +33,16 @@ def free_port() -> int:
 
 
 def streamed(assistant: Assistant, question: str) -> tuple[list[str], Answer]:
-    pieces = list(assistant.stream(question))
-    return pieces[:-1], pieces[-1]
+    stream = assistant.stream(question)
+    pieces = list(stream)
+    return pieces, stream.answer
 
 
 def assert_valid_answer(answer: Answer):
     assert not answer.refused
-    assert answer.citations[0]["title"] == PROXY
+    assert answer.citations[0].title == PROXY
     assert "88%" in answer.opening  # the fact, in the answer's first sentence
-    numbers = {c["n"] for c in answer.citations}
+    numbers = {c.n for c in answer.citations}
     from rag.citations import parse_markers
 
     assert set(parse_markers(answer.text)) <= numbers
@@ -51,7 +52,7 @@ def assert_valid_answer(answer: Answer):
 def test_llamacpp_in_process_streams_a_cited_answer(fixture_index):
     assistant = Assistant(Settings(index_dir=fixture_index, llm_backend="llamacpp"))
     pieces, answer = streamed(assistant, QUESTION)
-    assert "".join(pieces) == answer.text
+    assert "".join(pieces) == answer.prose
     assert "first_token" in answer.timings and not any("failed" in n for n in answer.notices)
     assert_valid_answer(answer)
 
@@ -107,7 +108,7 @@ def test_openai_compatible_server_streams_a_cited_answer(fixture_index, llama_se
     _, url = llama_server
     assistant = Assistant(openai_settings(fixture_index, url))
     pieces, answer = streamed(assistant, QUESTION)
-    assert "".join(pieces) == answer.text
+    assert "".join(pieces) == answer.prose
     assert "first_token" in answer.timings and not any("failed" in n for n in answer.notices)
     assert answer.backend == f"openai: smollm2 at {url}"
     assert_valid_answer(answer)
@@ -226,4 +227,4 @@ def test_instructions_inside_an_abstract_change_nothing(tmp_path):
     prose = answer.prose
     assert "PWNED" not in prose
     assert not answer.refused and "40%" in answer.text
-    assert all(c["title"] in {r["title"] for r in rows} for c in answer.citations)
+    assert all(c.title in {r["title"] for r in rows} for c in answer.citations)

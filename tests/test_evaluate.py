@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rag.answer import Answer
+from rag.answer import Answer, AnswerStream, Citation
 from rag.evaluate import (
     citations_valid,
     evaluate,
@@ -18,6 +18,7 @@ from rag.evaluate import (
     percentile,
     recall_at,
 )
+from rag.evidence import Evidence
 from rag.search import Hit
 
 
@@ -48,7 +49,7 @@ def test_keyword_hit_needs_every_group():
 
 
 def test_citations_valid():
-    cites = [{"n": 1, "paper_id": "p1", "title": "A"}, {"n": 2, "paper_id": "p2", "title": "B"}]
+    cites = [Citation(1, "p1", "A", "", []), Citation(2, "p2", "B", "", [])]
     assert citations_valid("X holds [1]. Y too [1, 2].", cites, {"p1", "p2"})
     assert citations_valid("No markers at all.", cites, set())
     assert not citations_valid("X [3].", cites, {"p1", "p2"})  # no citation 3
@@ -56,7 +57,7 @@ def test_citations_valid():
 
 
 def test_gold_cited():
-    cites = [{"n": 1, "paper_id": "p1", "title": "Paper A"}]
+    cites = [Citation(1, "p1", "Paper A", "", [])]
     assert gold_cited(cites, ["paper a"]) is True
     assert gold_cited(cites, ["Paper B"]) is False
     assert gold_cited([], []) is None
@@ -99,8 +100,9 @@ QUESTIONS = [
 ]
 
 
-def cite(n: int, pid: str) -> dict:
-    return {"n": n, "paper_id": pid, "title": PAPERS.get(pid, "?"), "url": "", "quotes": [""]}
+def cite(n: int, pid: str) -> Evidence:
+    """The evidence an answer cites as [n]: one sentence of paper `pid`."""
+    return Evidence(n, pid, PAPERS.get(pid, "?"), "", "a quote", 0.5, n)
 
 
 class FakeAssistant:
@@ -115,9 +117,12 @@ class FakeAssistant:
         return [Hit(i, pid, PAPERS[pid], f"https://x/{pid}", 1.0 / i, "", "test") for i, pid in enumerate(order, 1)]
 
     def stream(self, question, history=None, k=None, mode=None):
-        answer = self.ask(question, mode=mode)
-        yield answer.text
-        yield answer
+        def pieces():
+            answer = self.ask(question, mode=mode)
+            yield answer.prose
+            return answer
+
+        return AnswerStream(pieces())
 
     def ask(self, question, history=None, k=None, mode=None):
         self.asked.append((question, mode))

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import gradio as gr
 import pytest
 
-from rag.answer import Answer, citations, references_block
+from rag.answer import Answer, AnswerStream
 from rag.corpus import CorpusError
 from rag.evidence import Evidence
 from rag.index import IndexReport
@@ -50,15 +50,11 @@ def cited_answer(question="How much of the gap does proxy-tuning close?") -> Ans
         evidence(1, "p1", "In experiments we close 88% of the gap to the truly-tuned chat model.", 0.81),
         evidence(2, "p2", f"{XSS_SCRIPT} is what this abstract says.", 0.5, 2),
     ]
-    text = f"“In experiments we close 88% of the gap to the truly-tuned chat model.” [1] {XSS_TITLE} [2]." + (
-        references_block(ev)
-    )
     return Answer(
         question=question,
-        text=text,
+        prose=f"“In experiments we close 88% of the gap to the truly-tuned chat model.” [1] {XSS_TITLE} [2].",
         refused=False,
         evidence=ev,
-        citations=citations(ev),
         backend="fake",
         opening="“In experiments we close 88% of the gap to the truly-tuned chat model.” [1]",
     )
@@ -68,7 +64,7 @@ def refused_answer() -> Answer:
     hit = Hit(1, "p2", XSS_TITLE, "https://example.org/p2", 0.03, f"{XSS_SCRIPT} snippet", "evil.jsonl")
     return Answer(
         question="Who wrote it?",
-        text="I could not find this in the indexed papers: no passage.",
+        prose="I could not find this in the indexed papers: no passage.",
         refused=True,
         closest=[hit],
     )
@@ -85,13 +81,16 @@ class FakeAssistant:
 
     def stream(self, question, history=None, k=None, mode=None):
         self.calls.append(("stream", question, history, k, mode))
+        return AnswerStream(self.pieces())
+
+    def pieces(self):
         if self.fail:
             yield "Partial "
             raise self.fail
-        text = self.answer.text
-        yield text[:20]
-        yield text[20:]
-        yield self.answer
+        prose = self.answer.prose
+        yield prose[:20]
+        yield prose[20:]
+        return self.answer
 
     def search(self, query, k=None, mode=None):
         self.calls.append(("search", query, k, mode))

@@ -62,18 +62,15 @@ def chat(assistant, question: str, turns: list[Answer], k: int, mode: str):
         return
     turns = list(turns or [])
     yield render.chat_messages(turns, question), gr.skip(), turns, "", "", gr.skip()
-    text, answer, kind = "", None, "warn"
+    text, kind = "", "warn"
     try:
-        for item in assistant.stream(question, history_of(turns), k=int(k) if k else None, mode=mode or None):
-            if isinstance(item, Answer):
-                answer = item
-            else:
-                text += item
-                yield render.chat_messages(turns, question, text), gr.skip(), turns, gr.skip(), gr.skip(), gr.skip()
-        if answer is None:
-            raise RuntimeError("the answer pipeline ended without an answer")
+        stream = assistant.stream(question, history_of(turns), k=int(k) if k else None, mode=mode or None)
+        for piece in stream:
+            text += piece
+            yield render.chat_messages(turns, question, text), gr.skip(), turns, gr.skip(), gr.skip(), gr.skip()
+        answer = stream.answer
     except Exception as e:
-        answer = Answer(question=question, text=text, refused=False, notices=[f"Error: {error_line(e)}"])
+        answer = Answer(question=question, prose=text, refused=False, notices=[f"Error: {error_line(e)}"])
         kind = "error"
     turns = turns + [answer]
     try:

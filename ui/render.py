@@ -5,7 +5,7 @@ import html
 import re
 from urllib.parse import urlparse
 
-from rag.answer import REFERENCES, Answer
+from rag.answer import Answer
 
 CITE = re.compile(r"\[(\d+)\]")
 
@@ -85,7 +85,7 @@ def user_html(question: str) -> str:
 
 
 def answer_html(turn: int, text: str, answer: Answer | None = None) -> str:
-    """One assistant message: the text escaped, each [n] a link to its source card; a refusal labelled.
+    """One assistant message: the prose escaped, each [n] a link to its source card; a refusal labelled.
 
     While streaming (`answer` None) every [n] is linked: the pieces are already verified citations.
     """
@@ -99,12 +99,10 @@ def answer_html(turn: int, text: str, answer: Answer | None = None) -> str:
             return m[0]
         return f'<a class="rag-cite" href="#{anchor(turn, n)}">[{n}]</a>'
 
-    prose = text.partition(REFERENCES)[0]  # the cards show the references with their quotes
-    body = CITE.sub(cite, esc(prose)).replace("\n", "<br>")
+    body = CITE.sub(cite, esc(text)).replace("\n", "<br>")  # the cards show the references with their quotes
     if answer is not None and answer.citations:
         links = " · ".join(
-            f'<a class="rag-cite" href="#{anchor(turn, c["n"])}">[{c["n"]}]</a> {esc(c["title"])}'
-            for c in answer.citations
+            f'<a class="rag-cite" href="#{anchor(turn, c.n)}">[{c.n}]</a> {esc(c.title)}' for c in answer.citations
         )
         body += f'<div class="rag-refs">{links}</div>'
     notices = "".join(f'<div class="rag-notice">⚠ {esc(n)}</div>' for n in (answer.notices if answer else []))
@@ -122,7 +120,7 @@ def chat_messages(turns: list[Answer], question: str | None = None, partial: str
     for t, a in enumerate(turns):
         out += [
             {"role": "user", "content": user_html(a.question)},
-            {"role": "assistant", "content": answer_html(t, a.text, a)},
+            {"role": "assistant", "content": answer_html(t, a.prose, a)},
         ]
     if question is not None:
         out += [
@@ -161,19 +159,19 @@ def cited_cards(turn: int, answer: Answer, papers: dict) -> str:
     The card holds the anchor its [n] links to."""
     cards = []
     for c in answer.citations:
-        evs = [ev for ev in answer.evidence if ev.n == c["n"]]
-        paper = papers.get(c["paper_id"], {})
+        evs = [ev for ev in answer.evidence if ev.n == c.n]
+        paper = papers.get(c.paper_id, {})
         meta = [f"score {max((ev.score for ev in evs), default=0):.2f}"]
         if evs:
             meta.append(f"search rank {evs[0].rank}")
         if paper.get("source"):
             meta.append(esc(paper["source"]))
-        marks = [(c["n"], ev.quote, ev.score) for ev in evs]
+        marks = [(c.n, ev.quote, ev.score) for ev in evs]
         cards.append(
-            f'<div class="rag-card" data-paper="{esc(c["paper_id"])}">'
-            f'<span class="rag-anchor" id="{anchor(turn, c["n"])}"></span>'
-            f'<div class="rag-card-title"><span class="rag-nums">[{c["n"]}]</span>'
-            f"{title_link(c['title'], c['url'])}</div>"
+            f'<div class="rag-card" data-paper="{esc(c.paper_id)}">'
+            f'<span class="rag-anchor" id="{anchor(turn, c.n)}"></span>'
+            f'<div class="rag-card-title"><span class="rag-nums">[{c.n}]</span>'
+            f"{title_link(c.title, c.url)}</div>"
             f'<div class="rag-meta">{" · ".join(meta)}</div>'
             f'<p class="rag-abstract">{highlight(paper.get("abstract", ""), marks)}</p></div>'
         )
@@ -257,7 +255,7 @@ def export_markdown(turns: list[Answer], when: str) -> str:
         if a.citations:
             lines += ["References:", ""]
             for c in a.citations:
-                lines.append(f"{c['n']}. [{md_text(c['title'])}](<{safe_url(c['url'])}>)")
-                lines += [f"   > {md_text(q)}" for q in c["quotes"]]
+                lines.append(f"{c.n}. [{md_text(c.title)}](<{safe_url(c.url)}>)")
+                lines += [f"   > {md_text(q)}" for q in c.quotes]
             lines.append("")
     return "\n".join(lines)
