@@ -10,8 +10,9 @@ naming the new generation is published, which is the build's last step. A killed
 generation behind: invisible, and picked up (not re-embedded) or deleted by the next build.
 
 BM25: each chunk's text is tokenized as bm25s tokenizes it (lowercase words of 2+ characters, English stopwords
-removed, PyStemmer english stems) and the stems are indexed by FTS5, whose `bm25()` ranks them (k1 1.2, b 0.75).
-So the vocabulary holds PyStemmer stems, as `rag.evidence.topic_words` expects. Dev Recall@5 against bm25s: README.
+removed, PyStemmer english stems). Chunks are scored with Lucene's BM25 (k1 1.5, b 0.75) from the memory-mapped
+segment (rag/bm25.py); the chunks written since the segment are found by FTS5 and rescored the same way
+(`CatalogReader.bm25`). The vocabulary holds PyStemmer stems, as `rag.evidence.topic_words` expects.
 """
 
 from __future__ import annotations
@@ -58,7 +59,26 @@ CREATE TABLE IF NOT EXISTS bm25_segment (
     id INTEGER PRIMARY KEY CHECK (id = 0), name TEXT NOT NULL, last_rowid INTEGER NOT NULL, chunks INTEGER NOT NULL
 );
 """
-VISIBLE = "added <= :gen AND (removed IS NULL OR removed > :gen)"
+
+
+def visible_at(generation: int, table: str = "") -> str:
+    """The visibility rule, as SQL: the papers (of `table`, e.g. "p.") visible at a generation (an int, inlined)."""
+    g = int(generation)
+    return f"{table}added <= {g} AND ({table}removed IS NULL OR {table}removed > {g})"
+
+
+def live_during_build(live: int) -> str:
+    """The same rule while a build runs, against the live generation: removals are only marked when the build
+    finishes, so `removed` is NULL for every paper that counts. `+removed` keeps SQLite off the index on `removed`,
+    where every live paper is NULL (a scan of the catalog: 0.15 s a statement at 100k papers)."""
+    return f"added <= {int(live)} AND +removed IS NULL"
+
+
+def staged_after(live: int) -> str:
+    """Papers a build wrote after the live generation that are not published yet (a killed build's, or this one's)."""
+    return f"added > {int(live)} AND +removed IS NULL"
+
+
 PAPER_KEYS = ("id", "title", "abstract", "url", "source", "authors", "year")
 WORD = re.compile(r"(?u)\b\w\w+\b")  # bm25s's default token pattern
 RERANK_POOL = 200  # chunks FTS5 finds before they are rescored
@@ -154,7 +174,7 @@ class Catalog:
         """One transaction before publishing: staged papers join `generation`, removals are marked, metadata
         (url, source, ...) of unchanged papers updated (`relabelled`: papers, any iterable)."""
         with self.conn:
-            self.conn.execute("UPDATE papers SET added = ? WHERE added > ? AND removed IS NULL", (generation, live))
+            self.conn.execute(f"UPDATE papers SET added = ? WHERE {staged_after(live)}", (generation,))
             self.conn.executemany("UPDATE papers SET removed = ? WHERE id = ?", [(generation, pid) for pid in removed])
             self.conn.executemany(
                 "UPDATE papers SET url = ?, source = ?, authors = ?, year = ?, extra = ? WHERE id = ?",
@@ -204,7 +224,7 @@ class Catalog:
 
     def counts(self, generation: int) -> tuple[int, int]:
         row = self.conn.execute(
-            f"SELECT count(*), coalesce(sum(chunks), 0) FROM papers WHERE {VISIBLE}", {"gen": generation}
+            f"SELECT count(*), coalesce(sum(chunks), 0) FROM papers WHERE {visible_at(generation)}"
         ).fetchone()
         return row[0], row[1]
 
@@ -269,10 +289,7 @@ class CatalogReader:
         if not ids:
             return set()
         marks = ",".join("?" * len(ids))
-        rows = self.conn.execute(
-            f"SELECT id FROM papers WHERE id IN ({marks}) AND added <= ? AND (removed IS NULL OR removed > ?)",
-            [*ids, self.generation, self.generation],
-        )
+        rows = self.conn.execute(f"SELECT id FROM papers WHERE id IN ({marks}) AND {visible_at(self.generation)}", ids)
         return {r[0] for r in rows}
 
     def bm25(self, query: str, limit: int) -> list[tuple[str, float, str]]:
@@ -344,8 +361,8 @@ class CatalogReader:
             "(SELECT rowid, terms, rank FROM chunk_terms WHERE chunk_terms MATCH ? AND rowid > ? "
             "ORDER BY rank LIMIT ?) AS t "
             "JOIN chunks c ON c.rowid = t.rowid JOIN papers p ON p.id = c.paper_id "
-            "WHERE p.added <= ? AND (p.removed IS NULL OR p.removed > ?)",
-            (" OR ".join(f'"{t}"' for t in terms), after, pool, self.generation, self.generation),
+            f"WHERE {visible_at(self.generation, 'p.')}",
+            (" OR ".join(f'"{t}"' for t in terms), after, pool),
         ).fetchall()
 
     def _chunks(self, rowids: list[int]) -> dict[int, tuple[str, str]]:
@@ -354,9 +371,8 @@ class CatalogReader:
             return {}
         rows = self.conn.execute(
             "SELECT c.rowid, c.paper_id, c.text FROM chunks c JOIN papers p ON p.id = c.paper_id "
-            f"WHERE c.rowid IN ({','.join('?' * len(rowids))}) "
-            "AND p.added <= ? AND (p.removed IS NULL OR p.removed > ?)",
-            [*rowids, self.generation, self.generation],
+            f"WHERE c.rowid IN ({','.join('?' * len(rowids))}) AND {visible_at(self.generation, 'p.')}",
+            rowids,
         )
         return {r[0]: (r[1], r[2]) for r in rows}
 
@@ -410,25 +426,25 @@ class PaperTable(Mapping):
 
     def __getitem__(self, pid: str) -> dict:
         row = self._reader.conn.execute(
-            f"SELECT * FROM papers WHERE id = :id AND {VISIBLE}", {"id": pid, "gen": self._reader.generation}
+            f"SELECT * FROM papers WHERE id = ? AND {visible_at(self._reader.generation)}", (pid,)
         ).fetchone()
         if row is None:
             raise KeyError(pid)
         return self._row(row)
 
     def __iter__(self) -> Iterator[str]:
-        rows = self._reader.conn.execute(f"SELECT id FROM papers WHERE {VISIBLE}", {"gen": self._reader.generation})
+        rows = self._reader.conn.execute(f"SELECT id FROM papers WHERE {visible_at(self._reader.generation)}")
         return (r[0] for r in rows)
 
     def __len__(self) -> int:
         if self._len is None:
             self._len = self._reader.conn.execute(
-                f"SELECT count(*) FROM papers WHERE {VISIBLE}", {"gen": self._reader.generation}
+                f"SELECT count(*) FROM papers WHERE {visible_at(self._reader.generation)}"
             ).fetchone()[0]
         return self._len
 
     def values(self):
-        rows = self._reader.conn.execute(f"SELECT * FROM papers WHERE {VISIBLE}", {"gen": self._reader.generation})
+        rows = self._reader.conn.execute(f"SELECT * FROM papers WHERE {visible_at(self._reader.generation)}")
         return [self._row(r) for r in rows]
 
     def titled(self, titles: list[str]) -> list[dict]:
@@ -438,8 +454,8 @@ class PaperTable(Mapping):
             part = keys[start : start + 500]
             rows = self._reader.conn.execute(
                 f"SELECT * FROM papers WHERE title_key IN ({','.join('?' * len(part))}) "
-                "AND added <= ? AND (removed IS NULL OR removed > ?)",
-                [*part, self._reader.generation, self._reader.generation],
+                f"AND {visible_at(self._reader.generation)}",
+                part,
             )
             out += [self._row(r) for r in rows]
         return out

@@ -113,8 +113,8 @@ def cmd_serve(args, settings: Settings) -> int:
 
     from rag.access import Keys
     from rag.assistant import Assistant
-    from rag.index import IndexingError
     from rag.server import build_app
+    from rag.storage import IndexingError
 
     overrides = {k: v for k, v in (("ui_host", args.host), ("ui_port", args.port)) if v is not None}
     settings = Settings.model_validate({**settings.model_dump(), **overrides})
@@ -261,8 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from rag.corpus import CorpusError
-    from rag.index import IndexingError
     from rag.models import ModelError
+    from rag.storage import IndexingError
 
     args = build_parser().parse_args(argv)
     if args.command in ("ask", "chat", "ui", "serve", "eval", "doctor"):

@@ -1,4 +1,4 @@
-"""Corpus files -> `Paper`s: one parser per format, strict validation, duplicate merging.
+"""Corpus files -> `Paper`s: one parser per format, strict validation (duplicates are merged by rag/incoming.py).
 
 Formats, chosen by file extension:
 - `.txt`: the "trending papers" page scrape (chrome lines, then alternating title / abstract lines);

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
+from rag.catalog import live_during_build, staged_after
 from rag.corpus import Paper, title_key
 
 SCHEMA = """
@@ -128,11 +129,9 @@ class Incoming:
         live = int(live)
         self.conn.execute("ATTACH DATABASE ? AS catalog", (str(catalog),))
         scope = " AND id IN (SELECT id FROM parsed WHERE indexed)" if indexed_only else ""
-        # `+removed`: not through the index on `removed`, where every live paper is NULL (a scan of the catalog,
-        # 0.15 s a statement at 100k papers); the ids come through the primary key, staged papers through `added`
         self.conn.execute(
             "CREATE TEMP VIEW old AS SELECT id, url, source, title_key FROM catalog.papers "
-            f"WHERE added <= {live} AND +removed IS NULL{scope}"
+            f"WHERE {live_during_build(live)}{scope}"
         )
         with self.conn:
             self.conn.execute(
@@ -147,12 +146,11 @@ class Incoming:
             self.conn.execute("UPDATE merged SET state = 'new' WHERE state IS NULL")
             self.conn.execute(
                 "UPDATE merged SET embedded = 1 WHERE state IN ('new', 'changed') AND id IN "
-                f"(SELECT id FROM catalog.papers WHERE added > {live} AND +removed IS NULL)"
+                f"(SELECT id FROM catalog.papers WHERE {staged_after(live)})"
             )
         removed = [r[0] for r in self.conn.execute("SELECT id FROM old WHERE id NOT IN (SELECT id FROM merged)")]
         unwanted = self.conn.execute(
-            f"SELECT id FROM catalog.papers WHERE added > {live} AND +removed IS NULL "
-            "AND id NOT IN (SELECT id FROM merged)"
+            f"SELECT id FROM catalog.papers WHERE {staged_after(live)} AND id NOT IN (SELECT id FROM merged)"
         )
         unwanted = [r[0] for r in unwanted]
         self.conn.execute("DROP VIEW old")
@@ -177,12 +175,3 @@ class Incoming:
         )
         while part := rows.fetchmany(batch):
             yield [Paper(*row[:9], sources=json.loads(row[9])) for row in part]
-
-
-def merge(papers: Iterable[Paper]) -> tuple[list[Paper], list[str]]:
-    """One paper per normalized title, in memory: the papers and the notes (see Incoming.merge)."""
-    with Incoming() as incoming:
-        for paper in papers:
-            incoming.add(paper)
-        notes = incoming.merge()
-        return [p for part in incoming.papers() for p in part], notes

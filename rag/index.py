@@ -26,18 +26,14 @@ from rag.incoming import Incoming
 from rag.models import embed_model_label, load_embedder
 from rag.sentences import split_sentences
 from rag.settings import Settings
+from rag.storage import IndexingError, check_model
 from rag.vectors import PaperVectors, drop_collection
 
 BUNDLED_SOURCE = "bundled:hf-papers"
 BUNDLED_DIR = Path(__file__).parent / "data" / "hf-papers"
-FORMAT = 2  # manifest format: 2 = stores written in place (1 was the generation-copy layout)
 CHUNK_OVERLAP = 0  # chunks end on sentence boundaries; an overlap added 15% more tokens to embed for no recall
 META_KEYS = ("paper_id", "title", "url", "source")
 INCOMING = "incoming.sqlite"  # the papers a build reads, merged and compared (rag/incoming.py); deleted after
-
-
-class IndexingError(RuntimeError):
-    """An index that cannot be built or opened as asked; the message says what to do."""
 
 
 @dataclass
@@ -87,16 +83,6 @@ def source_label(path: str | Path, index_dir: Path) -> str:
         return str(path)
 
 
-def check_model(manifest: dict, settings: Settings) -> None:
-    built_with = manifest.get("embed_model")
-    wanted = embed_model_label(settings.embed_model, settings.embed_runtime)
-    if built_with and built_with != wanted:
-        raise IndexingError(
-            f"the index in {settings.index_dir} was built with the embedding model {built_with!r} "
-            f"but RAG_EMBED_MODEL / RAG_EMBED_RUNTIME give {wanted!r}: run `rag index --rebuild`"
-        )
-
-
 def read_sources(
     sources: list[str], skip_bad: bool, index_dir: Path, known: dict[str, list[int]], incoming: Incoming
 ) -> tuple[list[str], dict[str, list[int]]]:
@@ -133,8 +119,8 @@ def read_sources(
 def load_papers(
     sources: list[str], skip_bad: bool, index_dir: Path = Path(".")
 ) -> tuple[list[Paper], list[str], list[str]]:
-    """The merged papers of the sources, in memory (for small corpora: tests, benchmarks); (papers, bad-file lines,
-    notes). Raises CorpusError."""
+    """The merged papers of the sources, in memory (for small corpora: benchmarks and tests); (papers, bad-file
+    lines, notes). Raises CorpusError."""
     with Incoming() as incoming:
         bad, _ = read_sources(sources, skip_bad, index_dir, {}, incoming)
         notes = incoming.merge()
@@ -214,9 +200,6 @@ def build_index(
         if live and not rebuild:
             check_model(live, settings)
         sources = list(live.get("sources", []))
-        if not live and storage.legacy_layout(index_dir):
-            sources = storage.legacy_sources(index_dir)
-            report.notes.append("the index was in the old layout: rebuilt in the new one")
         for recorded in clean_unfinished(settings, live):  # what a killed build was asked to add: finish it
             if recorded not in sources and resolve_source(recorded, index_dir).exists():
                 sources.append(recorded)
@@ -293,7 +276,6 @@ def publish_update(settings, incoming, live, sources, files, known, rebuild, rep
         storage.publish(
             index_dir,
             {
-                "format": FORMAT,
                 "store": store,
                 "generation": generation,
                 "embed_model": report.embed_model,
@@ -321,7 +303,6 @@ def publish_update(settings, incoming, live, sources, files, known, rebuild, rep
         for old in storage.stale_stores(index_dir, store):
             if old != previous:
                 drop_store(settings, old)
-        storage.remove_legacy(index_dir)
 
 
 def update_segment(catalog: Catalog, report: IndexReport, progress: bool) -> None:

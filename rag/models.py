@@ -110,22 +110,10 @@ class OnnxEmbedding:
         self.batch = Tokenizer.from_file(file)  # model input: truncated, padded to the batch's longest
         self.batch.enable_truncation(self.max_length)
         self.batch.enable_padding(pad_id=self.batch.token_to_id("[PAD]") or 0, pad_token="[PAD]")
-        self._hf_tokenizer = None
-        self._hf_lock = threading.Lock()
 
     def token_ids(self, text: str) -> list[int]:
         """Token ids without [CLS]/[SEP] (what the chunker counts)."""
         return self.plain.encode(text, add_special_tokens=False).ids
-
-    @property
-    def tokenizer(self):
-        """The transformers tokenizer of the model (loaded on first use; not used by encode())."""
-        with self._hf_lock:
-            if self._hf_tokenizer is None:
-                from transformers import AutoTokenizer
-
-                self._hf_tokenizer = AutoTokenizer.from_pretrained(self.location)
-        return self._hf_tokenizer
 
     def encode(self, texts: list[str]) -> list[list[float]]:
         import numpy as np

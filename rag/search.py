@@ -6,9 +6,9 @@ from dataclasses import asdict, dataclass
 
 from rag import storage
 from rag.catalog import CatalogReader
-from rag.index import IndexingError, check_model
 from rag.models import load_embedder
 from rag.settings import Settings
+from rag.storage import IndexingError, check_model
 from rag.vectors import PaperVectors
 
 SNIPPET_CHARS = 300
@@ -41,8 +41,7 @@ class Searcher:
     def __init__(self, settings: Settings):
         manifest = storage.read_manifest(settings.index_dir)
         if not manifest:
-            hint = " (it is in an old layout: run `rag index`)" if storage.legacy_layout(settings.index_dir) else ""
-            raise IndexingError(f"no index in {settings.index_dir}{hint}: run `rag index` first")
+            raise IndexingError(f"no index in {settings.index_dir}: run `rag index` first")
         self.settings = settings
         self.manifest = manifest
         self.version = storage.version_of(manifest)  # compared by servers to notice a newer build

@@ -28,10 +28,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from rag.access import ADMIN, Keys
 from rag.answer import Answer, AnswerStream, references_block
 from rag.corpus import CorpusError
-from rag.index import IndexingError
 from rag.llm import LOCAL_BACKENDS, admin_model
 from rag.models import ModelError
 from rag.settings import Backend, Mode, error_line
+from rag.storage import IndexingError
 
 MODEL = "abstract-rag"
 EVIDENCE_MODEL = "abstract-rag-evidence"

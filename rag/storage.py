@@ -59,14 +59,31 @@ def read_manifest(index_dir: Path) -> dict:
         return {}
 
 
-def live_version(index_dir: Path) -> str | None:
-    """A token that changes whenever a build publishes; a long-running server compares it to reopen the index."""
-    manifest = read_manifest(index_dir)
-    return f"{manifest['store']}.{manifest['generation']}" if manifest else None
-
-
 def version_of(manifest: dict) -> str | None:
+    """A token that changes whenever a build publishes; a long-running server compares it to reopen the index."""
     return f"{manifest['store']}.{manifest['generation']}" if manifest else None
+
+
+def live_version(index_dir: Path) -> str | None:
+    return version_of(read_manifest(index_dir))
+
+
+class IndexingError(RuntimeError):
+    """An index that cannot be built or opened as asked; the message says what to do."""
+
+
+def check_model(manifest: dict, settings) -> None:
+    """The index was built with the embedding model and runtime the settings name (else its vectors mean nothing to
+    the query's)."""
+    from rag.models import embed_model_label
+
+    built_with = manifest.get("embed_model")
+    wanted = embed_model_label(settings.embed_model, settings.embed_runtime)
+    if built_with and built_with != wanted:
+        raise IndexingError(
+            f"the index in {settings.index_dir} was built with the embedding model {built_with!r} "
+            f"but RAG_EMBED_MODEL / RAG_EMBED_RUNTIME give {wanted!r}: run `rag index --rebuild`"
+        )
 
 
 def new_store_id() -> str:
@@ -112,26 +129,6 @@ def stale_stores(index_dir: Path, live: str | None) -> list[str]:
 
 def remove_store_dir(index_dir: Path, store: str) -> None:
     shutil.rmtree(store_dir(index_dir, store), ignore_errors=True)
-
-
-def legacy_layout(index_dir: Path) -> bool:
-    """An index written by the generation-copy layout (index/CURRENT + gen-*/)."""
-    return (Path(index_dir) / "CURRENT").exists()
-
-
-def legacy_sources(index_dir: Path) -> list[str]:
-    """The sources recorded by a legacy index, so a rebuild in the new layout keeps the user's files."""
-    try:
-        gen = Path(index_dir) / (Path(index_dir) / "CURRENT").read_text().strip()
-        return json.loads((gen / "manifest.json").read_text()).get("sources", [])
-    except (OSError, ValueError):
-        return []
-
-
-def remove_legacy(index_dir: Path) -> None:
-    for old in Path(index_dir).glob("gen-*"):
-        shutil.rmtree(old, ignore_errors=True)
-    (Path(index_dir) / "CURRENT").unlink(missing_ok=True)
 
 
 def uploads_dir(index_dir: Path) -> Path:

@@ -81,9 +81,6 @@ class PaperVectors:
         for start in range(0, len(ids), ADD_BATCH):
             self.collection.delete(ids=ids[start : start + ADD_BATCH])
 
-    def count(self) -> int:
-        return self.collection.count()
-
     def query(self, vector: list[float], n: int) -> list[tuple[str, float]]:
         """(paper id, cosine similarity) best first; fewer than n when the collection holds fewer."""
         got = self.collection.query(query_embeddings=[vector], n_results=n, include=["distances"])

@@ -160,14 +160,9 @@ def cases(papers: list[dict], rng: random.Random, per_kind: int = 12) -> list[di
 
 
 def main() -> int:
-    from rag.corpus import corpus_files, parse_file
-    from rag.incoming import merge
-    from rag.index import BUNDLED_DIR
+    from rag.index import BUNDLED_SOURCE, load_papers
 
-    papers = []
-    for path in corpus_files([BUNDLED_DIR]):
-        papers += parse_file(path)
-    merged, _ = merge(papers)
+    merged, *_ = load_papers([BUNDLED_SOURCE], skip_bad=False)
     rows = cases([p.to_dict() for p in merged], random.Random(8))
     for row in rows:
         sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -7,13 +7,22 @@ import json
 import pytest
 
 from rag.corpus import CorpusError, corpus_files, paper_id, paper_url, parse_file
-from rag.incoming import merge
+from rag.incoming import Incoming
 from rag.index import BUNDLED_DIR
 
 ABSTRACT = (
     "We study how small language models can be tuned with very little data and report that a simple recipe "
     "reaches 88% of the quality of full fine-tuning on five benchmarks."
 )
+
+
+def merge(papers):
+    """One paper per normalized title, in memory: the papers and the notes (Incoming.merge)."""
+    with Incoming() as incoming:
+        for paper in papers:
+            incoming.add(paper)
+        notes = incoming.merge()
+        return [p for part in incoming.papers() for p in part], notes
 
 
 def write(tmp_path, name, text, mode="w"):

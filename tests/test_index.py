@@ -10,9 +10,10 @@ import pytest
 from rag import Assistant, storage
 from rag.cli import main
 from rag.corpus import CorpusError
-from rag.index import IndexingError, build_index, chunk_papers, load_papers
+from rag.index import build_index, chunk_papers, load_papers
 from rag.models import load_embedder
 from rag.settings import Settings
+from rag.storage import IndexingError
 from tests.conftest import FIXTURE_CORPUS
 
 PROXY = "Tuning Language Models by Proxy"
@@ -52,7 +53,10 @@ def test_no_chunk_exceeds_the_embedding_window():
     embedder = load_embedder("bundled")
     papers, *_ = load_papers([str(FIXTURE_CORPUS)], skip_bad=False)
     nodes = chunk_papers(papers, embedder, 256)
-    lengths = [len(embedder.tokenizer.encode(n.get_content(MetadataMode.EMBED))) for n in nodes]
+    from transformers import AutoTokenizer
+
+    reference = AutoTokenizer.from_pretrained(embedder.location)  # counts [CLS] and [SEP] too
+    lengths = [len(reference.encode(n.get_content(MetadataMode.EMBED))) for n in nodes]
     assert max(lengths) <= 256
     assert len(nodes) > len(papers)  # some abstracts needed two chunks
     assert all(n.get_content(MetadataMode.EMBED).startswith("title: ") for n in nodes)
@@ -96,7 +100,7 @@ def test_incremental_reindex(corpus, isolated_index, monkeypatch, chroma_mode):
     assert hits[0].title == "A Brand New Paper"
     assert len(searcher.papers) == 10 and removed_title not in {p["title"] for p in searcher.papers.values()}
     assert len(list(isolated_index.glob("store-*"))) == 1  # updated in place, no copy
-    assert searcher.vectors.count() == 10  # the replaced and removed papers' vectors are deleted
+    assert searcher.vectors.collection.count() == 10  # the replaced and removed papers' vectors are deleted
 
 
 def test_adding_a_file_parses_only_that_file(corpus, tmp_path, isolated_index, monkeypatch):
@@ -188,7 +192,7 @@ def test_interrupted_build_leaves_the_previous_index(corpus, isolated_index, mon
     assert report.changed == 10 and len(calls) == 3  # 2 of 5 batches were written before the kill: not redone
     searcher = Assistant(settings).searcher
     assert all(p["abstract"].endswith("Changed.") for p in searcher.papers.values()) and len(searcher.papers) == 10
-    assert searcher.vectors.count() == 10
+    assert searcher.vectors.collection.count() == 10
 
 
 def test_sigkill_mid_embedding_then_next_build_finishes(tmp_path, isolated_index, monkeypatch):
