@@ -306,7 +306,9 @@ def gather(question: str, history: list | None, settings: Settings, searcher, k:
 def refuse(draft: Draft, reason: str) -> Iterator[str]:
     answer = draft.answer
     answer.refused, answer.evidence, answer.closest = True, [], draft.hits[:3]
-    yield draft.emit(refusal_text(reason, answer.closest))
+    draft.lap("first_text", draft.started)
+    draft.pieces.append(refusal_text(reason, answer.closest))  # not an opening: nothing answers
+    yield draft.pieces[-1]
 
 
 def generate(draft: Draft, writer: Writer, style: str, deadline: Deadline | None) -> Iterator[str]:

@@ -309,9 +309,15 @@ class Assistant:
         """One indexed paper (id, title, abstract, url, source, ...), or None."""
         return self.searcher.papers.get(paper_id)
 
+    def papers(self, paper_ids) -> dict[str, dict]:
+        """The indexed papers of these ids, by id (ids not in the index are left out); one lookup each."""
+        table = self.searcher.papers
+        return {pid: paper for pid in dict.fromkeys(paper_ids) if (paper := table.get(pid)) is not None}
+
+    def papers_titled(self, titles: list[str]) -> list[dict]:
+        """The indexed papers whose normalized title is one of these titles'."""
+        return self.searcher.papers.titled(titles)
+
     def sources(self) -> list[dict]:
-        """Indexed source files with their paper counts."""
-        counts: dict[str, int] = {}
-        for paper in self.searcher.papers.values():
-            counts[paper["source"]] = counts.get(paper["source"], 0) + 1
-        return [{"source": name, "papers": n} for name, n in sorted(counts.items())]
+        """Indexed source files with their paper counts (counted by the catalog, not by reading every paper)."""
+        return [{"source": name, "papers": n} for name, n in self.searcher.catalog.source_counts()]

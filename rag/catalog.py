@@ -285,6 +285,12 @@ class CatalogReader:
             conn = self._local.conn = connect(self.path, readonly=True)
         return conn
 
+    def source_counts(self) -> list[tuple[str, int]]:
+        """(source file, papers) of the visible papers, by source name."""
+        return self.conn.execute(
+            f"SELECT source, count(*) FROM papers WHERE {visible_at(self.generation)} GROUP BY source ORDER BY source"
+        ).fetchall()
+
     def visible(self, ids: list[str]) -> set[str]:
         if not ids:
             return set()

@@ -11,7 +11,6 @@ import json
 import math
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
 from rag.answer import Citation
@@ -282,11 +281,12 @@ def evaluate(
 
 def missing_gold(assistant, questions: list[dict]) -> list[str]:
     """Gold titles that are not in the index at all (a question set for another corpus), when the index is known."""
-    papers = getattr(getattr(assistant, "searcher", None), "papers", None)
-    if not isinstance(papers, Mapping):
+    titled = getattr(assistant, "papers_titled", None)
+    if titled is None:
         return []
-    indexed = {title_key(p["title"]) for p in papers.values()}
-    return sorted({t for q in questions for t in q.get("gold_titles") or [] if title_key(t) not in indexed})
+    gold = sorted({t for q in questions for t in q.get("gold_titles") or []})
+    indexed = {title_key(p["title"]) for p in titled(gold)}
+    return [t for t in gold if title_key(t) not in indexed]
 
 
 # --- output ---------------------------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from types import SimpleNamespace
 
 import gradio as gr
 import pytest
@@ -75,7 +74,6 @@ class FakeAssistant:
 
     def __init__(self, index_dir: Path, answer: Answer | None = None, fail: Exception | None = None):
         self.settings = Settings(index_dir=index_dir, ui_max_upload_mb=1)
-        self.searcher = SimpleNamespace(papers=dict(PAPERS))
         self.answer, self.fail = answer or cited_answer(), fail
         self.calls: list = []
 
@@ -92,6 +90,9 @@ class FakeAssistant:
         yield prose[20:]
         return self.answer
 
+    def papers(self, ids):
+        return {pid: PAPERS[pid] for pid in ids if pid in PAPERS}
+
     def search(self, query, k=None, mode=None):
         self.calls.append(("search", query, k, mode))
         return [Hit(1, "p2", XSS_TITLE, "https://example.org/p2", 0.5, f"{XSS_SCRIPT} snippet", "evil.jsonl")]
@@ -104,7 +105,7 @@ class FakeAssistant:
 
     def status(self):
         return {
-            "papers": len(self.searcher.papers),
+            "papers": len(PAPERS),
             "chunks": 3,
             "embed_model": "fake-embed",
             "built_at": "",

@@ -74,7 +74,8 @@ def chat(assistant, question: str, turns: list[Answer], k: int, mode: str):
         kind = "error"
     turns = turns + [answer]
     try:
-        sources = render.sources_html(turns, assistant.searcher.papers)
+        shown = {c.paper_id for a in turns for c in a.citations} | {h.paper_id for a in turns for h in a.closest}
+        sources = render.sources_html(turns, assistant.papers(shown))
     except Exception as e:  # e.g. no index: the answer above already says so
         sources = render.sources_html(turns, {})
         answer.notices.append(f"Cannot show the abstracts: {error_line(e)}")
