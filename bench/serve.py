@@ -29,6 +29,8 @@ import httpx
 import openai
 from common import DEV_SET, PYTHON, ROOT, machine, ms, ratio, save, table, worker_env
 
+from rag.evaluate import percentile  # the same percentile as `rag eval` (linear interpolation)
+
 LEVELS = (1, 4, 16)
 
 
@@ -75,19 +77,12 @@ def ask(client: openai.OpenAI, question: str, model: str = "abstract-rag") -> tu
         return time.perf_counter() - started, False, {"error": f"{type(e).__name__}: {e}"[:200]}
 
 
-def pct(values: list[float], p: float) -> float | None:
-    if not values:
-        return None
-    values = sorted(values)
-    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
-
-
 def summary(latencies: list[float], errors: int, wall: float) -> dict:
     return {
         "requests": len(latencies),
         "errors": errors,
-        "p50": pct(latencies, 50),
-        "p95": pct(latencies, 95),
+        "p50": percentile(latencies, 50),
+        "p95": percentile(latencies, 95),
         "answers_per_s": (len(latencies) - errors) / wall if wall else None,
         "wall": wall,
     }

@@ -7,8 +7,9 @@ import json
 import os
 import sqlite3
 import sys
+from typing import get_args
 
-from rag.settings import Settings
+from rag.settings import Backend, Mode, Settings
 
 
 def cmd_index(args, settings: Settings) -> int:
@@ -212,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="find papers")
     p.add_argument("query")
     p.add_argument("--k", type=int, default=None, help="number of papers (default RAG_SEARCH_K)")
-    p.add_argument("--mode", choices=["hybrid", "dense", "bm25"], default=None)
+    p.add_argument("--mode", choices=get_args(Mode), default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_search)
 
@@ -224,9 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "ask":
             p.add_argument("question")
             p.add_argument("--json", action="store_true", help="print the whole Answer as JSON")
-        p.add_argument("--backend", choices=["llamacpp", "transformers", "openai", "none"], default=None)
+        p.add_argument("--backend", choices=get_args(Backend), default=None)
         p.add_argument("--k", type=int, default=None, help="papers retrieved (default RAG_SEARCH_K)")
-        p.add_argument("--mode", choices=["hybrid", "dense", "bm25"], default=None)
+        p.add_argument("--mode", choices=get_args(Mode), default=None)
         p.set_defaults(run=cmd_ask if name == "ask" else cmd_chat)
 
     for name in ("serve", "ui"):
@@ -242,8 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="quality and latency on a question set (JSONL)")
     p.add_argument("file", help="questions, e.g. tests/data/dev.jsonl")
-    p.add_argument("--backend", choices=["llamacpp", "transformers", "openai", "none"], default=None)
-    p.add_argument("--mode", choices=["hybrid", "dense", "bm25"], default=None)
+    p.add_argument("--backend", choices=get_args(Backend), default=None)
+    p.add_argument("--mode", choices=get_args(Mode), default=None)
     p.add_argument("--limit", type=int, default=None, help="first N questions only")
     p.add_argument("--search-only", action="store_true", help="retrieval metrics only, no answers")
     p.add_argument("--json", action="store_true")

@@ -45,14 +45,6 @@ def bundled_index(tmp_path_factory) -> Path:
     return index_dir
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def chroma_server(tmp_path_factory):
     """A real Chroma server (`chroma run --path DIR --port N`) on 127.0.0.1 for the session; its URL."""
@@ -61,6 +53,8 @@ def chroma_server(tmp_path_factory):
     import sys
     import time
     import urllib.request
+
+    from tests.live import free_port
 
     chroma = shutil.which("chroma") or str(Path(sys.executable).parent / "chroma")
     port = free_port()

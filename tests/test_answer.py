@@ -12,9 +12,7 @@ from rag.citations import parse_markers
 from rag.evidence import Evidence
 from rag.settings import Settings
 from tests.fakes import ScriptedLLM, SynthesisLLM, tokens
-
-QUESTION = "How much of the gap to the truly-tuned chat model does proxy-tuning close for Llama2-70B?"
-PROXY = "Tuning Language Models by Proxy"
+from tests.live import PROXY, QUESTION
 
 
 def run(assistant, question, history=None):
@@ -57,7 +55,7 @@ def test_answer_opens_with_the_answering_evidence_and_keeps_only_what_the_eviden
     assert len({c.paper_id for c in answer.citations}) == len(answer.citations)
     assert {"search", "evidence", "first_token", "first_text", "generate", "total"} <= answer.timings.keys()
     assert answer.timings["first_text"] < answer.timings["first_token"]  # the opening does not wait for the LLM
-    json.dumps(answer.to_dict())
+    assert json.loads(json.dumps(answer.to_dict()))["citations"][0]["title"] == PROXY  # --json and the API
     prompt = llm.prompts[0]
     assert QUESTION in prompt and '\n[1] "' in prompt and "(Tuning Language Models by Proxy)\n" in prompt
 

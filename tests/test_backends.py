@@ -20,16 +20,7 @@ from rag.answer import Answer
 from rag.llm import make_llm
 from rag.models import ModelError, gguf_location
 from rag.settings import Settings
-from tests.live import openai_backend
-
-QUESTION = "How much of the gap to the truly-tuned chat model does proxy-tuning close for Llama2-70B?"
-PROXY = "Tuning Language Models by Proxy"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.live import PROXY, QUESTION, free_port, openai_backend
 
 
 def streamed(assistant: Assistant, question: str) -> tuple[list[str], Answer]:
@@ -198,7 +189,7 @@ def test_endpoint_returning_garbage(fixture_index):
     assert len(answer.notices) == 1 and "\n" not in answer.notices[0]
     assert "quoted from the evidence" in answer.notices[0].lower()
     assert_valid_answer(answer)
-    json.dumps(answer.to_dict())
+    assert json.loads(json.dumps(answer.to_dict()))["notices"] == answer.notices
 
 
 @pytest.mark.slow

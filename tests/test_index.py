@@ -15,8 +15,7 @@ from rag.models import load_embedder
 from rag.settings import Settings
 from rag.storage import IndexingError
 from tests.conftest import FIXTURE_CORPUS
-
-PROXY = "Tuning Language Models by Proxy"
+from tests.live import PROXY
 
 
 @pytest.fixture
@@ -429,7 +428,7 @@ def test_embedder_is_thread_safe_and_matches_the_float32_reference():
 
 
 def test_unreachable_chroma_server_is_one_line(corpus, capsys, monkeypatch):
-    from tests.conftest import free_port
+    from tests.live import free_port
 
     monkeypatch.setenv("RAG_CHROMA_URL", f"http://127.0.0.1:{free_port()}")
     assert main(["index", str(corpus)]) == 1

@@ -6,8 +6,8 @@ One app per module, on a copy of the session's bundled index plus two papers wit
 from __future__ import annotations
 
 import json
+import os
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -15,14 +15,13 @@ import pytest
 
 from rag.assistant import Assistant
 from rag.settings import Settings
+from tests.live import PROXY, QUESTION, free_port
 from ui.app import build_ui
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = Path("/usr/bin/chromium")
 DOCS = Path(__file__).parents[1] / "docs"
-QUESTION = "How much of the gap to the truly-tuned chat model does proxy-tuning close for Llama2-70B?"
-GOLD = "Tuning Language Models by Proxy"
 XSS_IMG = "<img src=x onerror=alert(1)>"
 XSS_SCRIPT = "<script>alert(1)</script>"
 XSS_PAPERS = [
@@ -43,12 +42,6 @@ UPLOAD_PAPER = {
     "photon sorting, a method that bins photons by wavelength for marsupial vision benchmarks, and show "
     "that it improves retinal model fits on three datasets.",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -119,7 +112,7 @@ def ask(page, question: str, timeout: float = 180_000) -> float:
     return first_text
 
 
-def test_answer_streams_with_citations_and_source_card(page, capsys):
+def test_answer_streams_with_citations_and_source_card(page, capsys, tmp_path):
     first_text = ask(page, QUESTION)
     with capsys.disabled():  # printed in every run, not asserted: timings depend on the machine's load
         print(f"\nfirst answer text in the browser {first_text:.1f} s after pressing Enter (models loaded)")
@@ -127,10 +120,12 @@ def test_answer_streams_with_citations_and_source_card(page, capsys):
     assert "88%" in answer.inner_text()
     links = answer.locator("a.rag-cite")
     assert links.count() >= 1
-    card = page.locator("#sources .rag-card", has=page.locator(f"a:text-is('{GOLD}')"))
+    card = page.locator("#sources .rag-card", has=page.locator(f"a:text-is('{PROXY}')"))
     assert card.count() == 1 and "88%" in card.locator("mark").first.inner_text()
-    DOCS.mkdir(exist_ok=True)
-    page.screenshot(path=str(DOCS / "ui-answer.png"))
+    # the README's screenshot is refreshed only when asked: UPDATE_DOCS=1 make test
+    shot = DOCS / "ui-answer.png" if os.environ.get("UPDATE_DOCS") == "1" else tmp_path / "ui-answer.png"
+    page.screenshot(path=str(shot))
+    assert shot.stat().st_size > 10_000
     # each [n] links to an anchor inside a source card, and following it highlights that card
     target = links.first.get_attribute("href")
     assert page.locator(f"#sources .rag-card {target}").count() == 1
@@ -140,7 +135,7 @@ def test_answer_streams_with_citations_and_source_card(page, capsys):
     with page.expect_download() as download:
         page.get_by_role("button", name="Export (Markdown)").click()
     exported = Path(download.value.path()).read_text(encoding="utf-8")
-    assert exported.startswith("# abstract-rag conversation") and QUESTION in exported and GOLD in exported
+    assert exported.startswith("# abstract-rag conversation") and QUESTION in exported and PROXY in exported
 
 
 def test_markup_in_titles_is_shown_as_text(page):
@@ -162,8 +157,7 @@ def test_markup_in_titles_is_shown_as_text(page):
     page.wait_for_selector("#results .rag-card", timeout=60_000)
     results = page.locator("#results").inner_text()
     assert XSS_IMG in results and XSS_SCRIPT in results
-    page.wait_for_timeout(500)
-    assert page.locator("img[src='x']").count() == 0
+    assert page.locator("#results img, #sources img, .rag-answer img").count() == 0  # the markup stayed text
     assert page.dialogs == []
 
 
@@ -197,11 +191,11 @@ def test_api_with_gradio_client(app):
 
     client = Client(app[0], verbose=False)
     hits = client.predict("proxy-tuning Llama2-70B truly-tuned chat model", 3, "hybrid", api_name="/search")
-    assert len(hits) == 3 and hits[0]["title"] == GOLD
+    assert len(hits) == 3 and hits[0]["title"] == PROXY
     # two users at once: both queued, each gets the answer to their own question
     other = "How many juvenile zebra finches were recorded?"
     jobs = [client.submit(q, 0, "", api_name="/ask") for q in (QUESTION, other)]
     answers = [job.result(timeout=300) for job in jobs]
     assert [a["question"] for a in answers] == [QUESTION, other]
-    assert not answers[0]["refused"] and GOLD in [c["title"] for c in answers[0]["citations"]]
+    assert not answers[0]["refused"] and PROXY in [c["title"] for c in answers[0]["citations"]]
     assert XSS_IMG in [c["title"] for c in answers[1]["citations"]] and "[1]" in answers[1]["text"]

@@ -13,6 +13,7 @@ import tempfile
 import time
 from functools import partial
 from pathlib import Path
+from typing import get_args
 
 import gradio as gr
 
@@ -20,7 +21,7 @@ from rag.access import ADMIN, Keys
 from rag.answer import Answer
 from rag.corpus import SUFFIXES, CorpusError
 from rag.llm import LOCAL_BACKENDS, admin_model
-from rag.settings import error_line
+from rag.settings import Backend, Mode, error_line
 from rag.storage import uploads_dir
 from ui import render
 
@@ -30,8 +31,8 @@ EXAMPLES = [
     "Which papers study weak-to-strong generalization, supervising a strong model with a weaker one?",
     "How much money did it cost to train the Yi foundation models?",
 ]
-BACKENDS = ["llamacpp", "transformers", "openai", "none"]
-MODES = ["hybrid", "dense", "bm25"]
+BACKENDS = list(get_args(Backend))
+MODES = list(get_args(Mode))
 EXPORT_DIR = Path(tempfile.gettempdir()) / "abstract-rag-exports"
 ADMIN_ONLY = "Only an admin can {}: log in with the user name 'admin' and an admin key."
 
