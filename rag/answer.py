@@ -29,6 +29,16 @@ from rag.evidence import (
 )
 from rag.generation import Deadline, Writer
 from rag.llm import EVIDENCE_ONLY
+from rag.overview import (
+    OVERVIEW_CANDIDATES,
+    WHICH_PAPERS,
+    Section,
+    group_by_approach,
+    question_kind,
+    select_papers,
+    short_name,
+)
+from rag.overview import opening as overview_opening
 from rag.search import Hit, Searcher
 from rag.settings import Settings, error_line
 
@@ -49,11 +59,6 @@ SYNTHESIS = (
 )
 EXTRACTIVE_SENTENCES = 2  # sentences of the bundled model checked before generation stops
 SAME_PAPER_SHARE = 0.9  # a part's answer is taken from the top paper when it scores this share of the best
-WHICH_PAPERS = re.compile(
-    r"\b(which|what)\s+(\w+\s+){0,2}(papers|works|studies|methods|approaches|frameworks|models)\b"
-    r"|\b(papers|works|studies) (on|about|that|which)\b|\bpapers\??\s*$|\bthe literature\b",
-    re.I,
-)
 WHICH_PAPER = re.compile(
     r"^\s*((which|what)\s+(\w+\s+){0,2}(paper|work|study|method|approach|framework|model|technique|benchmark|"
     r"dataset|system)\b|is there (a|an|any)\b)",
@@ -89,6 +94,8 @@ class Answer:
     query: str = ""  # what was searched (the question, or it joined to the previous one for a follow-up)
     opening: str = ""  # the first sentence: the direct answer
     generated: dict[str, int] = field(default_factory=dict)  # generated sentences: kept, dropped, repeated
+    kind: str = "fact"  # fact (one paper answers), papers ("which papers ..."), overview (an open question)
+    sections: list[Section] = field(default_factory=list)  # an overview's groups of papers
 
     @property
     def citations(self) -> list[Citation]:
@@ -118,6 +125,8 @@ class Answer:
             "timings": self.timings,
             "backend": self.backend,
             "query": self.query,
+            "kind": self.kind,
+            "sections": [section.to_dict() for section in self.sections],
         }
 
 
@@ -211,27 +220,36 @@ def answering_sentences(question: str, evidence: list[Evidence]) -> list[Evidenc
     return sorted(chosen, key=lambda ev: order[id(ev)])
 
 
+LATEX = {"times": "×", "sim": "~", "approx": "≈", "pm": "±", "leq": "≤", "geq": "≥", "le": "≤", "ge": "≥",
+         "cdot": "·", "ours": "ours", "%": "%", "&": "&", "_": "_", "textbf": "", "emph": "", "textit": ""}  # fmt: skip
+
+
+def display(quote: str) -> str:
+    """A quote as a reader should see it: LaTeX escapes and macros of the abstract written out ("54.37\\%" ->
+    "54.37%", "3\\times" -> "3×", "$\\sim$0.01%" -> "~0.01%"); the evidence itself keeps the abstract's text."""
+    if "\\" not in quote and "$" not in quote:
+        return quote
+    text = re.sub(r"\\([A-Za-z]+|[%&_])(\{\})?", lambda m: LATEX.get(m.group(1), m.group(1)), quote)
+    text = re.sub(r"%sim(?=\d)", "%~", text)  # "15\\%\\sim30\\%" lost its second backslash in some scrapes
+    text = re.sub(r"(?<![\w$])\$([^$]{1,40})\$", r"\1", text)  # inline math: its content
+    return re.sub(r"\{([^{}]*)\}", r"\1", text)
+
+
 def quote_of(sentences: list[Evidence], question: str) -> str:
     """“…” [n] for each paper's answering sentences (several of one paper joined by an ellipsis)."""
     out = []
     for n in dict.fromkeys(ev.n for ev in sentences):
-        clauses = [answering_clause(ev.quote, question) for ev in sentences if ev.n == n]
+        clauses = [display(answering_clause(ev.quote, question)) for ev in sentences if ev.n == n]
         out.append(f"“{' … '.join(clauses)}” [{n}]")
     return "; ".join(out)
 
 
 def opening_sentence(question: str, evidence: list[Evidence], answering: list[Evidence]) -> str:
-    """The direct answer built from the evidence: for "which papers" questions the papers named, each cited; for
-    "which paper/method" the top paper named with its answering sentence; otherwise the sentences that answer the
-    question (`answering`, one per part it asks), quoted and cited."""
+    """The direct answer built from the evidence: the sentences that answer the question (`answering`, one per part
+    it asks), quoted and cited; for "which paper/method" questions after the top paper's title."""
     quote = quote_of(answering, question)
-    if WHICH_PAPERS.search(question):
-        groups = papers_of(evidence)
-        named = [f"“{g[0].title}” [{g[0].n}]" for g in groups]
-        listed = named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
-        return f"Papers on this: {listed}. The closest states: {quote}"
     if WHICH_PAPER.search(question):
-        return f"“{evidence[0].title}” [{evidence[0].n}] states: {quote}"
+        return f"“{evidence[0].title}”: {quote}"
     return quote
 
 
@@ -257,17 +275,19 @@ class Draft:
     hits: list[Hit]
     history: list | None = None
     started: float = field(default_factory=time.perf_counter)
+    asks: list[str] = field(default_factory=list)  # the query and the parts it asks
+    ask_vectors: list = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     pieces: list[str] = field(default_factory=list)  # the prose yielded so far; joined they are the prose
 
     def lap(self, name: str, since: float) -> None:
         self.timings[name] = time.perf_counter() - since
 
-    def emit(self, sentence: str) -> str:
+    def emit(self, sentence: str, separator: str = " ") -> str:
         if not self.pieces:
             self.lap("first_text", self.started)
             self.answer.opening = sentence
-        self.pieces.append(sentence if not self.pieces else " " + sentence)
+        self.pieces.append(sentence if not self.pieces else separator + sentence)
         return self.pieces[-1]
 
     def finish(self) -> Answer:
@@ -285,10 +305,11 @@ def gather(question: str, history: list | None, settings: Settings, searcher, k:
     query = conversation.resolve(question, history)
     asks = asked_parts(query)
     ask_vectors = searcher.embed(asks)
-    hits = searcher.search(
-        query, k=max(k or settings.search_k, settings.answer_papers), mode=mode, vector=ask_vectors[0]
-    )
-    draft = Draft(Answer(question=question, prose="", refused=False, query=query), hits, history, started)
+    kind = question_kind(question)
+    wanted = max(k or settings.search_k, settings.answer_papers, OVERVIEW_CANDIDATES if kind != "fact" else 0)
+    hits = searcher.search(query, k=wanted, mode=mode, vector=ask_vectors[0])
+    answer = Answer(question=question, prose="", refused=False, query=query, kind=kind)
+    draft = Draft(answer, hits, history, started, asks=asks, ask_vectors=ask_vectors)
     draft.lap("search", started)
 
     t = time.perf_counter()
@@ -309,6 +330,42 @@ def refuse(draft: Draft, reason: str) -> Iterator[str]:
     draft.lap("first_text", draft.started)
     draft.pieces.append(refusal_text(reason, answer.closest))  # not an opening: nothing answers
     yield draft.pieces[-1]
+
+
+def overview(draft: Draft, searcher: Searcher) -> Iterator[str]:
+    """An overview (rag/overview.py): the relevant papers among the top candidates, grouped, one line each with the
+    paper's short name, its [n] and its key sentence quoted; the opening says what the papers cover. The evidence
+    becomes the key sentences, numbered in the order shown."""
+    import numpy as np
+
+    answer, hits = draft.answer, draft.hits
+    t = time.perf_counter()
+    stored = searcher.sentence_vectors([h.paper_id for h in hits])
+    scored = score_sentences(draft.asks, draft.ask_vectors, hits, searcher.papers, searcher.embed, stored)
+    chosen = select_papers(answer.question, hits, scored, stored, draft.ask_vectors[0], searcher.papers)
+    vectors = dict(zip((ev.paper_id for ev in chosen), np.asarray(searcher.embed([ev.quote for ev in chosen]))))
+    sections = group_by_approach(chosen, vectors, answer.question)
+    lines, evidence = [], []
+    for name, members in sections:
+        if name:
+            lines.append((f"{name}:", "\n\n"))
+        numbers = []
+        for ev in members:
+            ev.n = len(evidence) + 1
+            evidence.append(ev)
+            numbers.append(ev.n)
+            lines.append(
+                (
+                    f"- {short_name(ev.title)} [{ev.n}]: “{display(ev.quote)}”",
+                    "\n\n" if ev.n == 1 and not name else "\n",
+                )
+            )
+        answer.sections.append(Section(name, numbers))
+    answer.evidence = evidence
+    draft.lap("overview", t)
+    yield draft.emit(overview_opening(len(evidence), sections))
+    for line, separator in lines:
+        yield draft.emit(line, separator)
 
 
 def generate(draft: Draft, writer: Writer, style: str, deadline: Deadline | None) -> Iterator[str]:
@@ -374,10 +431,18 @@ def run(
     answer = draft.answer
     answer.backend = writer.name if writer else EVIDENCE_ONLY
     reason = refusal_reason(
-        answer.question, answer.evidence, searcher.vocabulary, settings.refuse_threshold, settings.unknown_share
+        answer.question,
+        answer.evidence,
+        searcher.vocabulary,
+        settings.refuse_threshold,
+        settings.unknown_share,
+        open_question=answer.kind != "fact",
     )
     if reason:
         yield from refuse(draft, reason)
+        return draft.finish()
+    if answer.kind != "fact":
+        yield from overview(draft, searcher)  # the lines are quotes: the bundled model adds nothing to them
         return draft.finish()
     style = answer_style(settings)
     opening = opening_sentence(answer.question, answer.evidence, answering_sentences(answer.question, answer.evidence))

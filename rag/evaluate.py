@@ -17,9 +17,10 @@ from rag.answer import Citation
 from rag.citations import parse_markers
 from rag.corpus import title_key
 
-TYPES = ("lookup", "fact", "multi", "unanswerable")
+TYPES = ("lookup", "fact", "multi", "overview", "unanswerable")
 SEARCH_K = 10
 LATENCY_STAGES = ("search", "first_token", "first_text", "total")
+KEY_POINT_WORDS = 0.3  # share of a key point's content words its paper's quote must hold to count as made
 
 # --- metrics: small pure functions ---------------------------------------------------------------------------------
 
@@ -181,7 +182,13 @@ def score_question(q: dict, hits: list, answer=None) -> dict:
                 "opening_hit": None if answer.refused else keyword_hit(answer.opening, q.get("answer_keywords") or []),
                 "evidence_only": None if answer.refused else not answer.opening,
                 "gold_first": bool(cited) and cited[0] in wanted if q["type"] in ("lookup", "fact") else None,
-                "gold_share": len(wanted & set(cited)) / len(wanted) if q["type"] == "multi" else None,
+                "gold_share": len(wanted & set(cited)) / len(wanted) if q["type"] in ("multi", "overview") else None,
+                "precision": len(wanted & set(cited)) / len(set(cited))
+                if q["type"] in ("multi", "overview") and cited
+                else None,
+                "papers": len(set(cited)) if q["type"] in ("multi", "overview") else None,
+                "key_points": key_points_made(q.get("key_points") or [], answer) if q.get("key_points") else None,
+                "kind": answer.kind,
                 "generated": answer.generated,
                 "keyword_hit": keyword_hit(answer.text, q.get("answer_keywords") or []),
                 "citations_valid": None
@@ -194,6 +201,21 @@ def score_question(q: dict, hits: list, answer=None) -> dict:
             }
         )
     return row
+
+
+def key_points_made(points: list[dict], answer) -> float:
+    """Share of an overview question's key points the answer makes, by a keyword heuristic: the point's paper is
+    cited and its quote holds at least KEY_POINT_WORDS of the point's content words (stemmed)."""
+    from rag.evidence import content_terms
+
+    quotes = {title_key(c.title): " ".join(c.quotes) for c in answer.citations}
+    made = 0
+    for point in points:
+        quote = quotes.get(title_key(point.get("title", "")))
+        words = content_terms(point["point"])
+        if quote and words and len(words & content_terms(quote)) >= KEY_POINT_WORDS * len(words):
+            made += 1
+    return made / len(points)
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -210,6 +232,9 @@ def summarize(rows: list[dict]) -> dict:
         "gold_cited",
         "gold_first",
         "gold_share",
+        "precision",
+        "papers",
+        "key_points",
         "refused",
     ):
         values = [r.get(name) for r in rows]
@@ -319,21 +344,25 @@ def format_markdown(report: dict) -> str:
             "",
             f"Answers ({report['backend']}). Opening: the expected fact (every keyword group) in the answer's opening "
             "sentence; anywhere: in the whole answer with its quoted references; evidence-only: no sentence before "
-            "the references; gold first: the gold paper is [1]; gold share: of a multi question's gold papers, the "
-            "share cited; refused: wanted on unanswerable, a false refusal elsewhere.",
+            "the references; gold first: the gold paper is [1]; gold share: of a multi or overview question's gold "
+            "papers, the share cited; precision: of the papers cited, the share in the gold list; papers: cited per "
+            "answer; key points: of an overview question's key points, the share whose paper is cited with a quote "
+            "holding 30% of the point's words; refused: wanted on unanswerable, a false refusal elsewhere.",
             "",
         ]
         lines += [
             "| type | n | opening | anywhere | evidence-only | citations valid | gold cited | gold first | "
-            "gold share | refused |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "gold share | precision | papers | key points | refused |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for name, s in groups:
             lines.append(
                 f"| {name} | {s['n']} | {fmt(s.get('opening_hit'), True)} | {fmt(s.get('keyword_hit'), True)} | "
                 f"{fmt(s.get('evidence_only'), True)} | {fmt(s.get('citations_valid'), True)} | "
                 f"{fmt(s.get('gold_cited'), True)} | {fmt(s.get('gold_first'), True)} | "
-                f"{fmt(s.get('gold_share'), True)} | {fmt(s.get('refused'), True)} |"
+                f"{fmt(s.get('gold_share'), True)} | {fmt(s.get('precision'), True)} | "
+                f"{'–' if s.get('papers') is None else format(s['papers'], '.1f')} | "
+                f"{fmt(s.get('key_points'), True)} | {fmt(s.get('refused'), True)} |"
             )
         g = report.get("generated") or {}
         lines += [

@@ -280,21 +280,28 @@ def topic_words(question: str, vocabulary) -> tuple[list[str], list[str]]:
 
 
 def refusal_reason(
-    question: str, evidence: list[Evidence], vocabulary, refuse_below: float, unknown_share: float
+    question: str,
+    evidence: list[Evidence],
+    vocabulary,
+    refuse_below: float,
+    unknown_share: float,
+    open_question: bool = False,
 ) -> str | None:
     """Why the evidence cannot answer the question, or None when it can.
 
     Three checks: the best sentence must score at least `refuse_below`; the question's own topic words must occur
     in the corpus (a question about "homomorphic encryption" in a corpus that never says "homomorphic" is about
     something absent, however close the nearest sentence looks); and a question asking for a kind of fact abstracts
-    rarely state needs evidence that states one.
+    rarely state needs evidence that states one. An open question over the literature (`open_question`) asks for
+    no such fact, and its many words may include some the corpus never uses: twice the share is allowed.
     """
     if not evidence or evidence[0].score < refuse_below:
         return "no passage of the indexed abstracts is close enough to the question"
     words, unknown = topic_words(question, vocabulary)
-    if words and len(unknown) / len(words) >= unknown_share and evidence[0].score < STRONG_MATCH:
+    allowed = 2 * unknown_share if open_question else unknown_share
+    if words and len(unknown) / len(words) >= allowed and evidence[0].score < STRONG_MATCH:
         return f"the indexed papers never mention {', '.join(repr(w) for w in unknown[:3])}"
-    kind = asked_kind(question)
+    kind = None if open_question else asked_kind(question)
     if kind and not any(FACT_KINDS[kind][1].search(ev.quote) for ev in evidence):
         return f"the question asks for {kind}, which the indexed abstracts do not state"
     return None

@@ -94,6 +94,8 @@ def answer_extras(answer: Answer) -> dict:
         "references": [c.to_dict() for c in answer.citations],
         "refused": answer.refused,
         "notices": answer.notices,
+        "kind": answer.kind,
+        "sections": [section.to_dict() for section in answer.sections],
     }
 
 

@@ -186,7 +186,7 @@ def test_evaluate_end_to_end(questions_file):
 
     text = format_markdown(report)
     assert "| lookup | 1 | 1.000 | 1.000 | 1.000 |" in text
-    assert "| unanswerable | 1 | – | – | – | – | – | – | – | 100% |" in text
+    assert "| unanswerable | 1 | – | – | – | – | – | – | – | – | – | – | 100% |" in text
     assert "q2 (fact): keywords missing, invalid citation, gold paper not cited" in text
 
 

@@ -1,0 +1,257 @@
+"""Overview answers: for open literature questions ("what are the approaches to X?") and "which papers" questions,
+the relevant papers of the index, grouped by approach, each with the sentence that says what it does, quoted.
+
+1. **Kind.** `question_kind` tells a fact or look-up question (one paper answers it: the usual answer) from a
+   "which papers" question and an open question (approaches, evidence for, limitations, differences): rules on the
+   question's wording, checked on the dev sets (README "Overview answers").
+2. **Candidates.** The top `OVERVIEW_CANDIDATES` papers of the search; every sentence of each is scored against the
+   question (rag/evidence.py) and the paper's key sentence is its best one.
+3. **Relevance, per paper.** A paper is kept when a logistic model over six signals says it bears on the question:
+   its key sentence's score, its search score and rank, the cosine of its abstract (the mean of its sentence
+   vectors) to the question and to the abstracts of the top three papers, and the share of the question's words in
+   its title and abstract. Fitted on the overview and "which papers" dev questions (bench/overview.py prints the
+   leave-one-question-out figures); off-topic papers stay out at the price of some relevant ones.
+4. **Groups.** The kept papers' key sentences are clustered greedily by cosine (a paper joins the closest group
+   whose centroid is at least `GROUP_COSINE` away, else starts one); a group is named from the words its papers'
+   sentences and titles share that the question does not say; papers alone in their group go last, together.
+5. **Lines.** One per paper: a short name (the method's name from the title, e.g. "FreeNoise"), its [n], and its
+   key sentence quoted. The opening says what the indexed papers cover: "7 papers address this, in 3 groups: ...".
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from rag.evidence import STOPWORDS, Evidence, content_terms, stems
+
+OVERVIEW_CANDIDATES = 25  # papers considered; hybrid search holds 73% of the relevant ones in its top 20 (dev)
+MAX_PAPERS = 10  # lines in one overview
+GROUP_COSINE = 0.6  # a paper joins a group whose key sentences' centroid is this close
+# Relevance: logistic weights over (key sentence score, search score, 1/rank, cosine to the question, cosine to
+# the top three papers, question words in the paper), fitted by bench/overview.py on the dev overview and "which
+# papers" questions; a paper is kept at probability >= RELEVANCE.
+WEIGHTS = (1.4, 3.66, 1.35, 1.5, 1.78, 0.28)
+BIAS = -5.93
+RELEVANCE = 0.25
+STANDALONE_SHARE = 0.85  # a key sentence opening with a connective gives way to one scoring this share of it
+CONNECTIVE = re.compile(
+    r"^\W*(this|these|that|those|such|it|its|they|their|here|moreover|furthermore|however|additionally|in addition|"
+    r"building on|to (this|that) end|thus|therefore|hence|finally|also|besides|as a result|in contrast|instead|"
+    r"specifically|consequently|then)\b",
+    re.I,
+)
+
+WHICH_PAPERS = re.compile(
+    r"\b(which|what)\s+(\w+\s+){0,2}(papers|works|studies|methods|approaches|frameworks|models)\b"
+    r"(?!\s+(best|better|well|most)\b)"
+    r"|\b(papers|works|studies) (on|about|that|which)\b|\bpapers\??\s*$|\bthe literature\b",
+    re.I,
+)
+OPEN_QUESTION = re.compile(
+    r"\bwhat (are|were) (the )?(main |different |key |common |existing )?(ways|approaches|methods|strategies|"
+    r"techniques|options|ideas|trade-?offs|limitations|findings|lines of work)\b"
+    r"|\bwhat (work|research|is known|has been|have been|obstacles|problems|challenges|evidence|approaches|methods|"
+    r"strategies|techniques|options)\b|\bwhat is the (\w+ ){0,3}evidence\b"
+    r"|\b(approaches|strategies|techniques|methods|ways) (exist|have been|are there)\b"
+    r"|\b(have|has) been (proposed|reported|explored|studied|tried|used|developed)\b"
+    r"|\bhow (are|is|have|has) (\S+ ){1,5}(being|been)\b"
+    r"|\bhow (do|did|are|have|can) (they|these|people|researchers|authors|papers|works|existing|different|methods|"
+    r"approaches|you|one|llms|models)\b"
+    r"|\b(compare|comparison of|differences? between|trade-?offs? between)\b|\bwhat do we know\b"
+    r"|\b(overview|survey) of\b",
+    re.I,
+)
+
+
+# A question about one paper ("In the paper on X, how do they ...", "Which paper models ...") is a look-up.
+ONE_PAPER = re.compile(r"\b((the|this|that) (paper|study)|(which|what) (paper|study|method))\b(?!')", re.I)
+
+
+def question_kind(question: str) -> str:
+    """ "papers" (which papers study X), "overview" (an open question over the literature) or "fact"."""
+    if ONE_PAPER.search(question):
+        return "fact"
+    if WHICH_PAPERS.search(question):
+        return "papers"
+    if OPEN_QUESTION.search(question):
+        return "overview"
+    return "fact"
+
+
+@dataclass
+class Section:
+    """A group of an overview: its name and the [n] of its papers, in order."""
+
+    name: str
+    papers: list[int]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "papers": self.papers}
+
+
+def relevance(features: list[float]) -> float:
+    z = BIAS + sum(w * f for w, f in zip(WEIGHTS, features))
+    return 1 / (1 + math.exp(-z))
+
+
+def paper_features(question: str, hits: list, key: dict[str, Evidence], vectors: dict, ask_vector, papers) -> dict:
+    """paper id -> the six relevance signals (see the module docstring) for each hit with a key sentence."""
+    means = {}
+    for pid, rows in vectors.items():
+        mean = np.asarray(rows, dtype=np.float32).mean(0)
+        means[pid] = mean / max(float(np.linalg.norm(mean)), 1e-9)
+    seeds = [means[h.paper_id] for h in hits[:3] if h.paper_id in means]
+    centroid = np.mean(seeds, 0) if seeds else None
+    if centroid is not None:
+        centroid /= max(float(np.linalg.norm(centroid)), 1e-9)
+    q = np.asarray(ask_vector, dtype=np.float32)
+    asked = content_terms(question)
+    out = {}
+    for h in hits:
+        if h.paper_id not in key or h.paper_id not in means:
+            continue
+        paper = papers[h.paper_id]
+        said = content_terms(f"{paper['title']} {paper['abstract']}")
+        m = means[h.paper_id]
+        out[h.paper_id] = [
+            key[h.paper_id].score,
+            h.score,
+            1 / h.rank,
+            float(m @ q),
+            float(m @ centroid) if centroid is not None else 0.0,
+            len(asked & said) / max(1, len(asked)),
+        ]
+    return out
+
+
+def key_sentences(scored: list[Evidence]) -> dict[str, Evidence]:
+    """paper id -> its key sentence: the best-scoring one that stands on its own (no connective that refers to a
+    sentence not shown, when another sentence of the paper scores nearly as well)."""
+    by_paper: dict[str, list[Evidence]] = {}
+    for ev in scored:  # best first
+        if not ev.quote.startswith(("Authors: ", "Year: ")):
+            by_paper.setdefault(ev.paper_id, []).append(ev)
+    key = {}
+    for pid, sentences in by_paper.items():
+        standing = [ev for ev in sentences if not CONNECTIVE.match(ev.quote)]
+        best = sentences[0]
+        key[pid] = standing[0] if standing and standing[0].score >= STANDALONE_SHARE * best.score else best
+    return key
+
+
+def select_papers(question: str, hits: list, scored: list[Evidence], vectors: dict, ask_vector, papers):
+    """The relevant papers' key sentences, most relevant first (at most MAX_PAPERS); n is not yet assigned."""
+    key = key_sentences(scored)
+    features = paper_features(question, hits, key, vectors, ask_vector, papers)
+    probability = {pid: relevance(f) for pid, f in features.items()}
+    kept = sorted((pid for pid, p in probability.items() if p >= RELEVANCE), key=lambda pid: -probability[pid])
+    if not kept and probability:  # the best paper still answers, as any answer would
+        kept = [max(probability, key=probability.get)]
+    return [key[pid] for pid in kept[:MAX_PAPERS]]
+
+
+def group_by_approach(
+    chosen: list[Evidence], vector_of: dict[str, np.ndarray], question: str
+) -> list[tuple[str, list[Evidence]]]:
+    """(name, key sentences) of each group, the largest first; papers alone in a group go last, as one group."""
+    groups: list[list[Evidence]] = []
+    centroids: list[np.ndarray] = []
+    for ev in chosen:
+        v = vector_of[ev.paper_id]
+        sims = [float(c @ v) / max(float(np.linalg.norm(c)), 1e-9) for c in centroids]
+        best = int(np.argmax(sims)) if sims else -1
+        if best >= 0 and sims[best] >= GROUP_COSINE:
+            groups[best].append(ev)
+            centroids[best] = centroids[best] + v
+        else:
+            groups.append([ev])
+            centroids.append(v.copy())
+    several = sorted((g for g in groups if len(g) > 1), key=len, reverse=True)
+    alone = [g[0] for g in groups if len(g) == 1]
+    named = [(group_name(g, chosen, question), g) for g in several]
+    if alone:
+        named.append(("Other approaches" if several else "", alone))
+    return named
+
+
+TERM = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*")
+
+
+def terms_as_written(text: str) -> dict[str, str]:
+    """stem (of the last part of a hyphenated word) -> the word as written, for the words that can name a group."""
+    words = [w for w in TERM.findall(text) if len(w) > 2]
+    keys = stems([w.lower().rsplit("-", 1)[-1] if "-" not in w else w.lower() for w in words])
+    return {k: w.lower() if not w.isupper() else w for k, w in zip(keys, words) if k not in GENERIC}
+
+
+def group_name(members: list[Evidence], chosen: list[Evidence], question: str) -> str:
+    """The words most of the group's titles share (else its key sentences) and the overview's other papers do not
+    use, the question's own words left out: the two most distinctive, in the order the first title has them."""
+    asked = content_terms(question)
+    others = [ev for ev in chosen if ev not in members]
+    need = max(2, math.ceil(len(members) / 2))
+    for text_of in (lambda ev: ev.title, lambda ev: f"{ev.title} {ev.quote}"):
+        spelled: dict[str, str] = {}
+        inside: Counter = Counter()
+        for ev in members:
+            terms = terms_as_written(text_of(ev))
+            spelled.update(terms)
+            inside.update(set(terms) - asked)
+        outside: Counter = Counter()
+        for ev in others:
+            outside.update(set(terms_as_written(text_of(ev))))
+        ranked = sorted(
+            (t for t, c in inside.items() if c >= need),
+            key=lambda t: (-(inside[t] / len(members) - outside[t] / max(1, len(others))), -inside[t], t),
+        )
+        if ranked:
+            first = text_of(members[0]).lower()
+            words = sorted((spelled[t] for t in ranked[:2]), key=lambda w: (first.find(w.lower()) % 10_000, w))
+            return " ".join(words).capitalize()
+    return "Related approaches"
+
+
+# Words that name no approach: they are in every abstract.
+GENERIC = (
+    set(
+        stems(
+            "model models method methods approach approaches propose proposed framework results show paper task tasks "
+            "performance existing novel new based using use data training learning large language work demonstrate "
+            "achieve achieves experiments extensive state art significantly improve improves improved improvement "
+            "effective efficient introduce present study various different however while also such more than which "
+            "this these that their our can both".split()
+        )
+    )
+    | STOPWORDS
+)
+
+
+NAME_TOKEN = re.compile(r"\b(?=[\w\-+]*(?:[a-z][A-Z]|[A-Z]{2}|\d))[A-Za-z][\w\-+]*[\w+]")
+
+
+def short_name(title: str) -> str:
+    """What a reader calls the paper: the part before a colon when it is a name ("FreeNoise: Tuning-Free ..." ->
+    "FreeNoise"), else a name-like word of the title (CamelCase, acronym), else its first words."""
+    head, colon, _ = title.partition(":")
+    if colon and len(head.split()) <= 3:
+        return head.strip()
+    found = NAME_TOKEN.findall(title)
+    if found:
+        return found[0]
+    words = title.split()
+    return " ".join(words[:6]) + (" …" if len(words) > 6 else "")
+
+
+def opening(papers: int, sections: list[tuple[str, list]]) -> str:
+    named = [f"{name.lower()} ({len(members)})" for name, members in sections if name]
+    if papers == 1:
+        return "1 indexed paper addresses this:"
+    if len(named) <= 1:
+        return f"{papers} indexed papers address this:"
+    listed = ", ".join(named[:-1]) + " and " + named[-1]
+    return f"{papers} indexed papers address this, grouped: {listed}."

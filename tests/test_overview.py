@@ -1,0 +1,76 @@
+"""Overview answers (rag/overview.py) for open and "which papers" questions: the relevant papers, grouped, one line
+each with the paper's short name, its [n] and its key sentence quoted; the kind and the groups in --json and the API."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from rag import Assistant
+from rag.answer import display
+from rag.overview import question_kind, short_name
+from rag.settings import Settings
+from tests.live import PROXY, client, keyed, running
+
+LONG_VIDEO = "What approaches generate long videos with diffusion models without tuning them?"
+LONG_VIDEO_PAPERS = {
+    "Tuning-Free Multi-Event Long Video Generation via Synchronized Coupled Sampling",
+    "Tuning-Free Long Video Generation via Global-Local Collaborative Diffusion",
+}
+
+
+@pytest.mark.parametrize(
+    "question, kind",
+    [
+        ("What are the main ways to cut the number of denoising steps in diffusion models?", "overview"),
+        ("How are researchers adding controllability to music generation models?", "overview"),
+        ("What selection strategies have been proposed for in-context demonstrations?", "overview"),
+        ("Which papers study weak-to-strong generalization?", "papers"),
+        ("virtual try-on papers", "papers"),
+        ("How many denoising steps does SnapFusion need?", "fact"),
+        ("In the paper on proxy-tuning, how do they steer the large model?", "fact"),
+        ("Which paper models instruction tuning as a token-level MDP?", "fact"),
+        ("For QA under a low budget, which extra dataset works best?", "fact"),
+    ],
+)
+def test_question_kinds(question, kind):
+    assert question_kind(question) == kind
+
+
+def test_short_names():
+    assert short_name("FreeNoise: Tuning-Free Longer Video Diffusion Via Noise Rescheduling") == "FreeNoise"
+    assert short_name("Tuning Language Models by Proxy") == "Tuning Language Models by Proxy"
+    assert short_name("Scaling Laws for LoRA Adapters in Practice Today") == "LoRA"
+
+
+def test_an_open_question_gets_the_relevant_papers_each_with_its_sentence_quoted(fixture_index):
+    answer = Assistant(Settings(index_dir=fixture_index, llm_backend="none")).ask(LONG_VIDEO)
+    assert answer.kind == "papers" and not answer.refused  # "what approaches": the papers that take one
+    cited = {c.n: c for c in answer.citations}
+    assert LONG_VIDEO_PAPERS <= {c.title for c in cited.values()} and PROXY not in {c.title for c in cited.values()}
+    lines = answer.prose.splitlines()
+    assert re.match(r"\d+ indexed papers address this", lines[0]) and lines[0] == answer.opening
+    quoted = [line for line in lines if line.startswith("- ")]
+    assert len(quoted) == len(cited) == sum(len(s.papers) for s in answer.sections)
+    for line in quoted:  # "- Name [n]: “sentence”": the sentence is the cited paper's, as shown in its abstract
+        name, n, sentence = re.fullmatch(r"- (.+) \[(\d+)\]: “(.+)”", line).groups()
+        paper = cited[int(n)]
+        assert name == short_name(paper.title) and sentence in {display(q) for q in paper.quotes}
+    assert [n for s in answer.sections for n in s.papers] == sorted(cited)
+    data = answer.to_dict()
+    assert data["kind"] == "papers" and data["sections"][0]["papers"]
+
+
+def test_the_api_returns_the_kind_and_the_groups(fixture_index):
+    assistant = Assistant(keyed(fixture_index, llm_backend="none"))
+    from rag.server import build_app
+
+    with running(build_app(assistant, ui=False)) as url:
+        response = client(url).chat.completions.create(
+            model="abstract-rag", messages=[{"role": "user", "content": LONG_VIDEO}]
+        )
+    extra = response.model_extra
+    assert extra["kind"] == "papers" and extra["sections"]
+    numbers = [n for section in extra["sections"] for n in section["papers"]]
+    assert numbers == [r["n"] for r in extra["references"]]
