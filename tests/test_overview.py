@@ -74,3 +74,15 @@ def test_the_api_returns_the_kind_and_the_groups(fixture_index):
     assert extra["kind"] == "papers" and extra["sections"]
     numbers = [n for section in extra["sections"] for n in section["papers"]]
     assert numbers == [r["n"] for r in extra["references"]]
+
+
+def test_the_ui_and_the_export_show_the_groups(fixture_index):
+    from ui import render
+
+    answer = Assistant(Settings(index_dir=fixture_index, llm_backend="none")).ask(LONG_VIDEO)
+    named = [s.name for s in answer.sections if s.name]
+    html = render.answer_html(0, answer.prose, answer)
+    exported = render.export_markdown([answer], "today")
+    for name in named:
+        assert f'<div class="rag-section">{render.esc(name)}</div>' in html and f"**{name}:**" in exported
+    assert html.count('class="rag-cite"') >= 2 * len(answer.citations)  # each line's [n] and the refs line

@@ -23,6 +23,7 @@ STYLE = """
 .rag-refused .rag-label { background: #fef3c7; color: #92400e; }
 .rag-notice { color: #b45309; font-size: 0.9em; margin-top: 6px; }
 .rag-refs { font-size: 0.85em; margin-top: 8px; opacity: 0.85; }
+.rag-section { font-weight: 700; margin: 8px 0 2px; }
 .rag-wait { opacity: .65; font-style: italic; }
 .rag-line { min-height: 1.4em; font-size: 0.92em; }
 .rag-line.rag-error { color: #b91c1c; }
@@ -99,7 +100,11 @@ def answer_html(turn: int, text: str, answer: Answer | None = None) -> str:
             return m[0]
         return f'<a class="rag-cite" href="#{anchor(turn, n)}">[{n}]</a>'
 
-    body = CITE.sub(cite, esc(text)).replace("\n", "<br>")  # the cards show the references with their quotes
+    body = CITE.sub(cite, esc(text))  # the cards show the references with their quotes
+    for section in answer.sections if answer is not None else []:  # an overview's group names stand out
+        if section.name:
+            body = body.replace(f"\n\n{esc(section.name)}:\n", f'\n<div class="rag-section">{esc(section.name)}</div>')
+    body = body.replace("\n", "<br>")
     if answer is not None and answer.citations:
         links = " · ".join(
             f'<a class="rag-cite" href="#{anchor(turn, c.n)}">[{c.n}]</a> {esc(c.title)}' for c in answer.citations
@@ -247,7 +252,9 @@ def export_markdown(turns: list[Answer], when: str) -> str:
     lines = ["# abstract-rag conversation", "", f"Exported {when}.", ""]
     for t, a in enumerate(turns, 1):
         lines += [f"## {t}. {md_text(a.question)}", ""]
-        lines += ["  \n".join(md_text(x) for x in a.prose.splitlines()) or "_(no answer)_", ""]
+        headers = {f"{s.name}:" for s in a.sections if s.name}  # an overview's groups: bold, the lines a list
+        prose = [f"**{md_text(x)}**" if x in headers else md_text(x) for x in a.prose.splitlines()]
+        lines += ["  \n".join(prose).replace("  \n  \n", "\n\n") or "_(no answer)_", ""]
         lines += [f"> Notice: {md_text(n)}" for n in a.notices] + ([""] if a.notices else [])
         if a.refused and a.closest:
             lines += ["Closest papers (they do not answer the question):", ""]
