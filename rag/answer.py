@@ -60,10 +60,15 @@ SYNTHESIS = (
 EXTRACTIVE_SENTENCES = 2  # sentences of the bundled model checked before generation stops
 SAME_PAPER_SHARE = 0.9  # a part's answer is taken from the top paper when it scores this share of the best
 WHICH_PAPER = re.compile(
-    r"^\s*((which|what)\s+(\w+\s+){0,2}(paper|work|study|method|approach|framework|model|technique|benchmark|"
-    r"dataset|system)\b|is there (a|an|any)\b)",
+    r"\b(which|what)\s+([\w-]+\s+){0,2}(paper|work|study|method|approach|framework|model|technique|benchmark|"
+    r"dataset|system)\b(?!s|\s+size)|^\s*is there (a|an|any)\b",
     re.I,
 )
+# The sentence where a paper names what it introduces: the answer to "which method ...?".
+INTRODUCES = re.compile(
+    r"\bwe (propose|introduce|present|develop|design|call|name)\b|\b(called|named|dubbed|termed)\b", re.I
+)
+NAMING_SHARE = 0.8  # such a sentence opens a "which method" answer when it scores this share of the paper's best
 
 
 @dataclass
@@ -202,6 +207,22 @@ def answering_clause(sentence: str, question: str) -> str:
     return prefix + clause + ("" if clause.endswith(".") else " …")
 
 
+def naming_sentence(scored: list[Evidence], evidence: list[Evidence]) -> Evidence | None:
+    """For a "which paper/method" question: the top paper's sentence that names what it introduces, when it scores
+    nearly as well as that paper's best; it joins the evidence under the paper's [n]."""
+    top = evidence[0]
+    own = [ev for ev in scored if ev.paper_id == top.paper_id]
+    found = next((ev for ev in own if INTRODUCES.search(ev.quote) and ev.score >= NAMING_SHARE * own[0].score), None)
+    if found is None:
+        return None
+    for ev in evidence:
+        if ev.quote == found.quote and ev.paper_id == found.paper_id:
+            return ev
+    found.n = top.n
+    evidence.insert(evidence.index(top) + 1, found)
+    return found
+
+
 def answering_sentences(question: str, evidence: list[Evidence]) -> list[Evidence]:
     """The evidence sentence that answers each part of the question (one for most questions), best paper first:
     a part's answer comes from the top paper when that paper holds a sentence nearly as good as any other."""
@@ -244,13 +265,11 @@ def quote_of(sentences: list[Evidence], question: str) -> str:
     return "; ".join(out)
 
 
-def opening_sentence(question: str, evidence: list[Evidence], answering: list[Evidence]) -> str:
+def opening_sentence(question: str, evidence: list[Evidence], answering: list[Evidence], named: bool) -> str:
     """The direct answer built from the evidence: the sentences that answer the question (`answering`, one per part
-    it asks), quoted and cited; for "which paper/method" questions after the top paper's title."""
+    it asks), quoted and cited; after the top paper's title when the question asks which paper or method (`named`)."""
     quote = quote_of(answering, question)
-    if WHICH_PAPER.search(question):
-        return f"“{evidence[0].title}”: {quote}"
-    return quote
+    return f"“{evidence[0].title}”: {quote}" if named else quote
 
 
 def answer_style(settings: Settings) -> str:
@@ -277,6 +296,7 @@ class Draft:
     started: float = field(default_factory=time.perf_counter)
     asks: list[str] = field(default_factory=list)  # the query and the parts it asks
     ask_vectors: list = field(default_factory=list)
+    scored: list[Evidence] = field(default_factory=list)  # every sentence of the top papers, scored, best first
     timings: dict[str, float] = field(default_factory=dict)
     pieces: list[str] = field(default_factory=list)  # the prose yielded so far; joined they are the prose
 
@@ -316,6 +336,7 @@ def gather(question: str, history: list | None, settings: Settings, searcher, k:
     top = hits[: settings.answer_papers]
     stored = searcher.sentence_vectors([h.paper_id for h in top])
     scored = score_sentences(asks, ask_vectors, top, searcher.papers, searcher.embed, stored)
+    draft.scored = scored
     floor = settings.evidence_floor_papers if WHICH_PAPERS.search(question) else settings.evidence_floor
     draft.answer.evidence = select(
         scored, settings.evidence_per_paper, settings.evidence_max, settings.evidence_threshold, floor
@@ -445,7 +466,11 @@ def run(
         yield from overview(draft, searcher)  # the lines are quotes: the bundled model adds nothing to them
         return draft.finish()
     style = answer_style(settings)
-    opening = opening_sentence(answer.question, answer.evidence, answering_sentences(answer.question, answer.evidence))
+    answering = answering_sentences(answer.question, answer.evidence)
+    named = bool(WHICH_PAPER.search(answer.question))
+    if named and not answer.evidence[0].part_scores:  # "which method ...?" asking one thing: where it is named
+        answering = [naming_sentence(draft.scored, answer.evidence) or answering[0]]
+    opening = opening_sentence(answer.question, answer.evidence, answering, named)
     if style == "extractive" or writer is None:
         yield draft.emit(opening)
     if writer is not None:
