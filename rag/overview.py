@@ -37,7 +37,7 @@ GROUP_COSINE = 0.6  # a paper joins a group whose key sentences' centroid is thi
 # papers" questions; a paper is kept at probability >= RELEVANCE.
 WEIGHTS = (1.4, 3.66, 1.35, 1.5, 1.78, 0.28)
 BIAS = -5.93
-RELEVANCE = 0.25
+RELEVANCE = 0.2
 STANDALONE_SHARE = 0.85  # a key sentence opening with a connective gives way to one scoring this share of it
 CONNECTIVE = re.compile(
     r"^\W*(this|these|that|those|such|it|its|they|their|here|moreover|furthermore|however|additionally|in addition|"
