@@ -16,6 +16,9 @@ Citation markers the evidence does not have are removed; odd markers ([1-2-3], [
 from __future__ import annotations
 
 import re
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -40,8 +43,8 @@ LEAD_IN = re.compile(
 )
 
 NEGATION = re.compile(
-    r"(?<![\w\-])(not(?! only)|no|never|without|absence|absent|none|neither|nor|cannot|unable|fails?|failed|lacks?|\w+n't)"
-    r"(?![\w\-])",
+    r"(?<![\w\-])(not(?! only)|no|never|without|absence|absent|none|neither|nor|cannot|unable|fails?|failed|"
+    r"lacks?|\w+n't)(?![\w\-])",
     re.I,
 )
 # Pairs of opposite findings (stems): a sentence saying one where its evidence says only the other is flipped.
@@ -203,25 +206,45 @@ SCOPE = [
     ("universal", re.compile(r"\b(all|every|each|always|any|entire(ly)?|whole|universal(ly)?)\b", re.I)),
     ("only", re.compile(r"\b(only|solely|just|alone|exclusively|nothing (more|else) than)\b", re.I)),
     ("first", re.compile(r"\b(first|pioneer\w*|never before)\b", re.I)),
-    ("complete", re.compile(r"\b(complete(ly)?|entire(ly)?|full(y)?|total(ly)?|eliminat\w+|at all|perfect(ly)?)\b", re.I)),
+    (
+        "complete",
+        re.compile(r"\b(complete(ly)?|entire(ly)?|full(y)?|total(ly)?|eliminat\w+|at all|perfect(ly)?)\b", re.I),
+    ),
     ("exact", re.compile(r"\b(exact(ly)?|precise(ly)?)\b", re.I)),
-    ("strength", re.compile(r"\b(significant(ly)?|substantial(ly)?|great(ly)?|dramatic(ally)?|considerabl[ey]|"
-                            r"marked(ly)?|remarkabl[ey]|large(ly)?|huge|strong(ly)?|much|far|notabl[ey]|vast(ly)?)\b",
-                            re.I)),
+    (
+        "strength",
+        re.compile(
+            r"\b(significant(ly)?|substantial(ly)?|great(ly)?|dramatic(ally)?|considerabl[ey]|"
+            r"marked(ly)?|remarkabl[ey]|large(ly)?|huge|strong(ly)?|much|far|notabl[ey]|vast(ly)?)\b",
+            re.I,
+        ),
+    ),
     ("consistent", re.compile(r"\b(consistent(ly)?|always|reliabl[ey]|invariabl[ey])\b", re.I)),
 ]
 # A cause or a comparison the sentence asserts needs a source that asserts one.
-CAUSE = re.compile(r"\b(because|due to|thanks to|as a result|results? in|leads? to|led to|since|so that|therefore|"
-                   r"hence|consequently|comes? from|owing to|caus(e|es|ed)|explains?)\b|,\s*so\b", re.I)
-SOURCE_CAUSE = re.compile(r"\b(because|due|thanks|result\w*|lead\w*|led|since|so|therefore|hence|thus|consequently|"
-                          r"caus\w+|owing|thereby|through|via|enabl\w+|allow\w*|by \w+ing|attribut\w+|explain\w*|"
-                          r"driv\w+|stem\w*)\b", re.I)
-COMPARE = re.compile(r"\b(outperform\w*|surpass\w*|beat\w*|exceed\w*|better|worse|superior|inferior|than|"
-                     r"underperform\w*|over (?:the |a )?(?:baseline|zero|few|standard|full|existing|prior|previous)"
-                     r"|compared (?:to|with)|relative to|versus|vs\.?|match(es|ed)?|rival\w*|on par)\b", re.I)
-SOURCE_COMPARE = re.compile(r"\b(outperform\w*|surpass\w*|beat\w*|exceed\w*|better|worse|superior|inferior|than|"
-                            r"underperform\w*|over|compar\w+|relative|versus|vs\.?|match\w*|rival\w*|par|improv\w*|"
-                            r"gain\w*|defeat\w*|win\w*|advantage|state[- ]of[- ]the[- ]art|sota|exceed\w*)\b", re.I)
+CAUSE = re.compile(
+    r"\b(because|due to|thanks to|as a result|results? in|leads? to|led to|since|so that|therefore|"
+    r"hence|consequently|comes? from|owing to|caus(e|es|ed)|explains?)\b|,\s*so\b",
+    re.I,
+)
+SOURCE_CAUSE = re.compile(
+    r"\b(because|due|thanks|result\w*|lead\w*|led|since|so|therefore|hence|thus|consequently|"
+    r"caus\w+|owing|thereby|through|via|enabl\w+|allow\w*|by \w+ing|attribut\w+|explain\w*|"
+    r"driv\w+|stem\w*)\b",
+    re.I,
+)
+COMPARE = re.compile(
+    r"\b(outperform\w*|surpass\w*|beat\w*|exceed\w*|better|worse|superior|inferior|than|"
+    r"underperform\w*|over (?:the |a )?(?:baseline|zero|few|standard|full|existing|prior|previous)"
+    r"|compared (?:to|with)|relative to|versus|vs\.?|match(es|ed)?|rival\w*|on par)\b",
+    re.I,
+)
+SOURCE_COMPARE = re.compile(
+    r"\b(outperform\w*|surpass\w*|beat\w*|exceed\w*|better|worse|superior|inferior|than|"
+    r"underperform\w*|over|compar\w+|relative|versus|vs\.?|match\w*|rival\w*|par|improv\w*|"
+    r"gain\w*|defeat\w*|win\w*|advantage|state[- ]of[- ]the[- ]art|sota|exceed\w*)\b",
+    re.I,
+)
 # Hedges a source attaches to a number: a sentence using the number must keep one of the same direction.
 HEDGES = {
     "at most": r"up to|as (?:little|few|much|many) as|at most|within|less than|fewer than|under|below|no more than",
@@ -266,6 +289,8 @@ def hedge_dropped(claim: str, source: str) -> bool:
     the number with no hedge of that direction; or the sentence bounds a number ("over 30%") its source states
     exactly."""
     src = [(v, hedge_before(source, a)) for v, a, _ in number_spans(source)]
+    for low, high in range_ends(source):  # "by 2.1% to 7.4%": up to 7.4%, at least 2.1%
+        src += [(high, "at most"), (low, "at least")]
     for v, a, _ in number_spans(claim):
         hedges = {h for sv, h in src if sv == v}
         if not hedges:
@@ -287,17 +312,21 @@ def hedge_dropped(claim: str, source: str) -> bool:
 
 
 def basis_changed(claim: str, source: str) -> bool:
-    """"6% relative" where the source says "6% absolute" (or the reverse)."""
+    """ "6% relative" where the source says "6% absolute" (or the reverse)."""
     a, b = {m.lower() for m in BASIS.findall(claim)}, {m.lower() for m in BASIS.findall(source)}
     return bool(a and b and not a & b)
+
+
+def range_ends(source: str) -> list[tuple[str, str]]:
+    """(low, high) of each range the source gives: "2.28% to 6.48%", "from 17.7% to 78.9%", "3-5"."""
+    found = re.finditer(r"(\d[\d.,]*)\s*(?:%|\\%)?\s*(?:to|-|–)\s*(\d[\d.,]*)", source)
+    return [(m.group(1).rstrip(".,"), m.group(2).rstrip(".,")) for m in found]
 
 
 def range_misread(claim: str, source: str) -> bool:
     """A number that is one end of a range ("by 2.28% to 6.48%", "from 17.7% to 78.9%") used alone, unhedged, as if
     it were the whole result."""
-    ends = set()
-    for m in re.finditer(r"(\d[\d.,]*)\s*(%|\\%)?\s*(?:to|-|–)\s*(\d[\d.,]*)\s*(%|\\%)?", source):
-        ends |= {m.group(1).rstrip(".,"), m.group(3).rstrip(".,")}
+    ends = {v for pair in range_ends(source) for v in pair}
     if not ends:
         return False
     spans = number_spans(claim)
@@ -314,24 +343,29 @@ def counts_differ(claim: str, source: str) -> bool:
     the words after the sentence's number share nothing with the words around that number in the source."""
     src = number_spans(source)
     for v, _, b in number_spans(claim):
+        if not re.fullmatch(r"\d+", claim[_:b].strip().replace(",", "")) and not claim[_:b].isalpha():
+            continue  # a unit (%, x, B) already says what the number measures; counts are bare
         after = set(stems(content_words(claim[b : b + 40])[:3]))
-        if not after or not re.fullmatch(r"[\d.]+", v):
+        if not after:
             continue
         places = [(a2, b2) for sv, a2, b2 in src if sv == v]
         if not places:
             continue
         around = set()
-        for a2, b2 in places:
-            around |= set(stems(content_words(source[max(0, a2 - 40) : a2])[-3:]))
-            around |= set(stems(content_words(source[b2 : b2 + 40])[:3]))
-        if not after & around and claim[b : b + 1] != "%":
+        for a2, b2 in places:  # what a number counts follows it; only a number ending its clause looks back
+            following = re.split(r"[,;:()]", source[b2 : b2 + 50])[0]
+            around |= set(stems(content_words(following)[:3])) or set(
+                stems(content_words(source[max(0, a2 - 40) : a2])[-3:])
+            )
+        if not after & around:
             return True
     return False
 
 
 def respectively_swapped(claim: str, source: str) -> bool:
-    """"outperforms A and B by 8.4% and 9.7%, respectively": the sentence pairs a number with the other item."""
-    for m in re.finditer(r"([^.;]*?)\bby ([^;.]*?)\brespectively", source):
+    """ "outperforms A and B by 8.4% and 9.7%, respectively": the sentence pairs a number with the other item."""
+    part = r"(?:[^.;]|\.(?=\d))"  # a sentence's text; "3.1" does not end it
+    for m in re.finditer(rf"({part}*?)\bby ({part}*?)\brespectively", source):
         values = [v for v, _, _ in number_spans(m.group(2))]
         items = re.split(r"\s+and\s+|,\s*", m.group(1))
         items = [re.split(r"\b(?:outperform\w*|than|over|beat\w*|surpass\w*|versus|vs\.?)\b", it)[-1] for it in items]
@@ -417,7 +451,10 @@ class Checked:
 # "It ...", "Its ...", "This method ...": the paper the previous sentence cited, not a new subject.
 ANAPHOR = re.compile(r"^\W*(it|its|they|their|this|these|that|such)\b", re.I)
 # "Both papers ...", "Each of these works ...": the whole claim is made of every cited paper.
-EVERY_PAPER = re.compile(r"\b(both|all|each)\b(?:\s+of)?(?:\s+(?:the|these|those|two|three))?\s+(papers|works|studies|methods|approaches)\b", re.I)
+EVERY_PAPER = re.compile(
+    r"\b(both|all|each)\b(?:\s+of)?(?:\s+(?:the|these|those|two|three))?\s+(papers|works|studies|methods|approaches)\b",
+    re.I,
+)
 QUOTED = re.compile(r"['‘\"“]([^'’\"”]{12,}?)['’\"”]")
 ALIGN = 0.62  # cosine of two words' vectors above which one is a paraphrase of the other (tuned, see README)
 
@@ -662,13 +699,15 @@ class StreamVerifier:
     """Feed LLM text deltas; get back verified sentences as soon as each one is complete.
 
     A sentence counts as complete once another one has started after it, unless what follows is a half-written [n]
-    marker that still belongs to it. `skip(sentence)` (optional) drops kept sentences that repeat what the answer
-    already says (the opening).
+    marker that still belongs to it. `judge(checked) -> bool | None` (optional) is asked about each sentence the rules
+    keep; False drops it, None (no verdict) keeps the rules' verdict. `skip(sentence)` (optional) drops kept
+    sentences that repeat what the answer already says (the opening).
     """
 
-    def __init__(self, evidence: list[Evidence], question: str = "", skip=None):
+    def __init__(self, evidence: list[Evidence], question: str = "", skip=None, judge=None):
         self.verifier = Verifier(evidence, question)
         self.skip = skip
+        self.judge = judge  # optional judge(Checked) -> bool | None, asked only for sentences the rules keep
         self.raw = ""
         self.done = 0  # units of self.raw already checked
         self.kept: list[Checked] = []
@@ -683,6 +722,9 @@ class StreamVerifier:
             return ""
         if any(k.text == result.text for k in self.kept) or (self.skip and self.skip(result)):
             self.repeated += 1
+            return ""
+        if self.judge is not None and self.judge(result) is False:
+            self.dropped.append(Checked("", [], dropped=sentence, reason="judge"))
             return ""
         self.kept.append(result)
         return result.text
@@ -710,3 +752,84 @@ def text_units(text: str) -> list[str]:
     the sentence they follow ("... gap.[1] Next" -> "... gap [1]." + "Next")."""
     text = re.sub(r"([.!?])\s*((?:\[[^\]]{0,20}\])+)", r" \2\1", text)
     return [s for line in text.split("\n") for s in split_sentences(line.strip(" -*•\t")) if s.strip()]
+
+
+# --- optional judge pass: the answering model asked whether the quotes state a sentence the rules kept ----------------
+
+JUDGE_PROMPT = """You check one sentence of an answer against the quoted sources it cites. Judge only by the quotes.
+
+Quotes:
+{quotes}
+
+Sentence: {sentence}
+
+Do the quotes state everything the sentence says: its numbers and what they count, its conditions and hedges ("up \
+to", "in low-budget settings"), its comparisons and causes, and which paper or method did what? A sentence that \
+claims more than the quotes (all, every, first, significantly), or joins two findings the quotes keep apart, is not \
+stated.
+Reply with exactly one line:
+YES: "<the exact words of the quote it relies on>"
+or
+NO: <what the quotes do not state>"""
+
+VERDICT = re.compile(r"^\W*(yes|no)\b\W*(.*)$", re.I | re.S)
+
+
+def judge_prompt(sentence: str, quotes: list[Evidence]) -> str:
+    lines = [f'[{ev.n}] "{ev.quote}" ({ev.title})' for ev in quotes]
+    return JUDGE_PROMPT.format(quotes="\n".join(lines), sentence=strip_markers(sentence))
+
+
+def parse_verdict(reply: str, quotes: list[Evidence]) -> bool | None:
+    """True for YES with words that are in a quote, False for NO, None for anything else (no verdict: a YES relying
+    on words the quotes do not hold is a model that did not read them, as small models do)."""
+    m = VERDICT.match(reply or "")
+    if not m:
+        return None
+    if m.group(1).lower() == "no":
+        return False
+    relied = re.sub(r"\W+", " ", m.group(2).split("\n")[0]).strip().lower()
+    sources = re.sub(r"\W+", " ", " ".join(ev.quote for ev in quotes)).lower()
+    words = relied.split()
+    if len(words) < 3:
+        return None
+    return True if " ".join(words[: min(len(words), 8)]) in sources else None
+
+
+def judge(
+    sentence: str, quotes: list[Evidence], ask: Callable[[str], str], deadline: float | None = None
+) -> bool | None:
+    """Ask the answering model whether `quotes` (the evidence the rules found to state the sentence, e.g.
+    Checked.supporting) state `sentence`: True (keep), False (drop), None (no verdict: past `deadline`, a
+    time.monotonic() value, the model failing or replying out of format; keep the rules' verdict).
+
+    `ask(prompt) -> reply` is one completion of the answer's own model; it runs in a daemon thread so a slow model
+    costs at most the time left before the deadline."""
+    prompt = judge_prompt(sentence, quotes)
+    timeout = None if deadline is None else deadline - time.monotonic()
+    if timeout is not None and timeout <= 0:
+        return None
+    box: list = []
+
+    def run():
+        try:
+            box.append(ask(prompt))
+        except Exception as e:  # a failing model means no verdict, never a lost answer
+            box.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not box or isinstance(box[0], BaseException) or not isinstance(box[0], str):
+        return None
+    return parse_verdict(box[0], quotes)
+
+
+# Two controls with known answers: a model that gets either wrong is too small to judge; the rules stand alone.
+_CONTROL = [Evidence(1, "control", "Control paper", "", "Our method needs only 8 denoising steps.", 1.0, 1)]
+CONTROLS = [("The method needs only 8 denoising steps [1].", True), ("The method needs 80 denoising steps [1].", False)]
+
+
+def judge_reliable(ask: Callable[[str], str], deadline: float | None = None) -> bool:
+    """Whether the model answers both control questions right (call once per model; False: use the rules alone)."""
+    return all(judge(s, _CONTROL, ask, deadline) is expected for s, expected in CONTROLS)
