@@ -624,8 +624,11 @@ class Verifier:
         if SCAFFOLD.search(bare):
             return Checked("", [], dropped=sentence, reason="scaffold")
         claim = LEAD_IN.sub("", bare)
+        opened = re.match(r"\s*([\"'“‘])", claim)
         m = re.fullmatch(r"[\s\"'“”]*(.*?)[\s\"'“”.]*([!?])?[\s\"'“”.]*", claim, re.S)
         claim, end = m.group(1), m.group(2) or "."
+        if opened and re.search(r"[\"'”’](?=[\s,:;])", claim):  # "'A Title' shows ...": keep the title's opening mark
+            claim = opened.group(1) + claim
         if len(content_terms(claim)) < MIN_TERMS:
             return Checked("", [], dropped=sentence, reason="vacuous")
         plain = self.untitled(LEAD_IN.sub("", bare)).strip(" .")  # a quoted title names a paper; it claims nothing

@@ -164,3 +164,34 @@ def survival(replay: Replay, answers: dict[str, str]) -> dict:
             if not here and group == "faithful":
                 out["faithful dropped"].append(s.id)
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tests.replay INDEX_DIR d012 d021`: those dev answers as the replay sends them (before) and as
+    `rag ask` shows them (after verification), through a real replay endpoint and a `rag ask` process."""
+    import os
+    import subprocess
+    import sys
+
+    args = argv if argv is not None else sys.argv[1:]
+    index_dir, wanted = args[0], args[1:] or ["d012", "d021"]
+    data = load()
+    server = serve(data)
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    env = {**os.environ, "RAG_INDEX_DIR": index_dir, "RAG_LLM_BACKEND": "openai", "RAG_ANSWER_STYLE": "synthesis",
+           "RAG_OPENAI_BASE_URL": url, "RAG_OPENAI_MODEL": "replay"}  # fmt: skip
+    for question, rows in data.rows.items():
+        if rows[0]["id"].split("-")[0] not in wanted:
+            continue
+        after = subprocess.run(
+            [sys.executable, "-c", "import sys; from rag.cli import main; sys.exit(main())", "ask", question],
+            env=env, capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        before = " ".join(s.text for s in data.sent[question])
+        print(f"Q: {question}\n\nBefore (the replayed model's text):\n{before}\n\nAfter (rag ask):\n{after}\n")
+    server.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -161,3 +161,14 @@ def test_stream_drops_what_the_judge_rejects_and_keeps_what_it_cannot_judge():
     assert no_verdict.feed(SENTENCE + " ") + no_verdict.finish() == [
         "KVPress cuts key-value cache memory by up to 40% [1]."
     ]
+
+
+def test_a_sentence_opening_with_a_quoted_title_keeps_its_quotation_marks():
+    ev = evidence("We show that LayerMix ensembles a pre-trained model with a small model at every layer.",
+                  titles=["LayerMix: Layer-wise Ensembles of Views"])  # fmt: skip
+    checked = Verifier(ev).check(
+        "'LayerMix: Layer-wise Ensembles of Views' ensembles a pre-trained model with a small model at every layer [1]."
+    )
+    assert checked.text.startswith("'LayerMix: Layer-wise Ensembles of Views' ensembles")
+    whole = Verifier(ev).check('"LayerMix ensembles a pre-trained model with a small model at every layer." [1]')
+    assert whole.text.startswith("LayerMix ensembles")
