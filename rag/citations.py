@@ -227,10 +227,9 @@ CAUSE = re.compile(
     r"hence|consequently|comes? from|owing to|caus(e|es|ed)|explains?)\b|,\s*so\b",
     re.I,
 )
-SOURCE_CAUSE = re.compile(
-    r"\b(because|due|thanks|result\w*|lead\w*|led|since|so|therefore|hence|thus|consequently|"
-    r"caus\w+|owing|thereby|through|via|enabl\w+|allow\w*|by \w+ing|attribut\w+|explain\w*|"
-    r"driv\w+|stem\w*)\b",
+SOURCE_CAUSE = re.compile(  # a source states a cause with any of the sentence's markers, or these
+    CAUSE.pattern + r"|\b(due|thanks|result\w*|lead\w*|so|thus|caus\w+|owing|thereby|through|via|enabl\w+|"
+    r"allow\w*|by \w+ing|attribut\w+|explain\w*|driv\w+|stem\w*)\b",
     re.I,
 )
 COMPARE = re.compile(
@@ -247,8 +246,8 @@ SOURCE_COMPARE = re.compile(
 )
 # Hedges a source attaches to a number: a sentence using the number must keep one of the same direction.
 HEDGES = {
-    "at most": r"up to|as (?:little|few|much|many) as|at most|within|less than|fewer than|under|below|no more than",
-    "at least": r"over|more than|at least|above|exceeding|beyond|upwards of|\+",
+    "at most": r"up to|as (?:little|few|much|many) as|at most|within|less than|fewer than|under|below|no more than|<|≤",
+    "at least": r"over|more than|at least|above|exceeding|beyond|upwards of|\+|>|≥",
     "about": r"approximately|approx\.?|about|around|nearly|almost|roughly|close to|some|~|sim|\\sim|≈",
 }
 HEDGE_BEFORE = {k: re.compile(r"(?:" + v + r")\s*(?:the |a |an )?$", re.I) for k, v in HEDGES.items()}
