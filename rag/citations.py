@@ -1,16 +1,26 @@
 """Verification of generated text: a sentence survives only if the evidence it cites states it.
 
-Checked per sentence, so answers can stream. A sentence is kept when one cited evidence sentence (with its paper's
-title, for names) states it:
-- numbers are compared as values with their units (8% is not 88%, 7B is not 70B, "1" is not found in "v1.5");
+Checked per sentence, in order, so answers can stream. A sentence is kept when one cited paper (its quoted
+sentences together, with its title) states it; what it means is compared, not only its words:
+- numbers are compared as values with their units (8% is not 88%, 7B is not 70B, "1" is not found in "v1.5"), a bare
+  number must count what the quote's counts ("ten robustness checks" is not "ten quality dimensions"), a hedge the
+  quote puts on a number stays ("up to 0.59", "approximately 20%"; a range end is no average), "absolute" is not
+  "relative", and "A and B by 8.4% and 9.7%, respectively" stays paired;
 - names (methods, models, datasets, acronyms, words with digits) must occur in the evidence or its title;
-- negation and polarity agree (not/no/without; improves/degrades, outperforms/underperforms, ...);
-- at most a small budget of content words the evidence does not hold, and none borrowed from another evidence
-  sentence (that is a splice of two sources into a new claim); a splice is kept only when it cites both sources and
-  each of its clauses is supported by one of them;
-- it says something beyond the question and the titles (else it is vacuous) and is not prompt scaffolding.
+- negation is compared by what it governs (not/no/without/absence ...), and no opposite word replaces the quote's;
+- scope words (all/every/each, only, first, completely, exactly, significantly, consistently), a cause ("because",
+  "due to") or a comparison ("outperforms", "than") only when the quote has one of the same kind;
+- at most a small budget of content words the evidence does not hold, a word counting as held when a quote word is
+  a paraphrase of it (word vectors of the bundled embedding model), and none borrowed from another paper's quote
+  (a splice); a sentence citing two papers is kept when each clause is stated by one of them ("Both papers ..."
+  needs each to state it);
+- a quoted title names a paper; the title's words are the paper's own claim when the sentence is about that paper;
+  a bare title, the question restated or prompt scaffolding is dropped;
+- "It/This method ..." is about the paper the previous sentence cited: cited to another paper, it is re-cited or
+  dropped.
 A sentence citing the wrong source is re-cited to the evidence that states it; an uncited one gets that citation.
 Citation markers the evidence does not have are removed; odd markers ([1-2-3], [0], [], [99]) never raise.
+Optionally (`judge`, RAG_VERIFY_WITH_LLM) the answering model is asked about each sentence the rules keep.
 """
 
 from __future__ import annotations
