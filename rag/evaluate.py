@@ -102,20 +102,27 @@ def followup_figures(path: str | Path) -> dict:
     return {"turns": len(rows), "accuracy": 1 - len(wrong) / max(1, len(rows)), "wrong": wrong}
 
 
-def verifier_figures(rows: list[dict]) -> dict:
-    """The verifier on labelled sentences ({question, evidence: [{n, title, quote}], sentence, label}): the share
+def verifier_figures(rows: list[dict], align: float | None = None) -> dict:
+    """The verifier on labelled sentences ({id, question, evidence: [{n, title, quote}], sentence, label}): the share
     of bad ones dropped (a MISCITED one re-cited to the evidence that states it also counts) and of supported ones
-    kept, per label, with the sentences it got wrong."""
-    from rag.citations import check_sentence
+    kept, per label, with the sentences it got wrong. Sentences of one answer (ids "d001-c1", "d001-c2", ...: the
+    same prefix and evidence) go through one Verifier in order, as a stream does, so "It ..." refers back."""
+    from rag.citations import ALIGN, Verifier
     from rag.evidence import Evidence
 
     per_label: dict[str, list[bool]] = {}
     errors = []
+    verifier, answer = None, None
     for row in rows:
-        evidence = [
-            Evidence(e["n"], e.get("paper_id", e["title"]), e["title"], "", e["quote"], 1.0, 1) for e in row["evidence"]
-        ]
-        checked = check_sentence(row["sentence"], evidence, row.get("question", ""))
+        key = (row.get("id", "").rsplit("-", 1)[0], json.dumps(row["evidence"], sort_keys=True))
+        if key != answer:
+            evidence = [
+                Evidence(e["n"], e.get("paper_id", e["title"]), e["title"], "", e["quote"], 1.0, 1)
+                for e in row["evidence"]
+            ]
+            verifier = Verifier(evidence, row.get("question", ""), align=ALIGN if align is None else align)
+            answer = key
+        checked = verifier.check(row["sentence"])
         cited = set(parse_markers(row["sentence"]))
         if row["label"] == "SUPPORTED":
             right = bool(checked.text)

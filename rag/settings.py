@@ -97,6 +97,12 @@ class Settings(BaseSettings):
     llm_deadline: float = Field(
         60.0, gt=0, description="Seconds an answer may wait for and use the LLM; then it ends with the evidence."
     )
+    verify_with_llm: bool = Field(
+        False,
+        description="After the verifier's rules keep a sentence, ask the answering model whether the cited quotes "
+        "state it (yes/no with the quote it relies on); off, slow, failing or too small a model leaves the rules "
+        "alone. For capable backends (openai, a large local model).",
+    )
     model_dir: Path | None = Field(
         None, description="Folder of models an admin may switch to at run time (besides 'bundled')."
     )

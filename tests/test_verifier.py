@@ -15,7 +15,13 @@ from rag.evaluate import verifier_figures
 from rag.evidence import Evidence
 from tests.conftest import DATA
 
-FILES = {"dev": DATA / "claims-dev.jsonl", "adversarial": DATA / "claims-adversarial.jsonl"}
+FILES = {
+    "dev": DATA / "claims-dev.jsonl",
+    "adversarial": DATA / "claims-adversarial.jsonl",
+    "synthesis": DATA / "claims-synthesis-dev.jsonl",  # capable-model sentences (issue 18)
+}
+# (bad dropped, supported kept) each file must reach: issue 18's targets
+TARGETS = {"dev": (0.95, 0.85), "adversarial": (0.95, 0.85), "synthesis": (0.95, 0.90)}
 
 
 def load(path):
@@ -30,8 +36,9 @@ def test_labelled_sentences(name, capsys):
         print(f"\nverifier on {FILES[name].name}: {figures['summary']}")
         for line in figures["errors"]:
             print("  wrong:", line)
-    assert figures["bad_dropped"] >= 0.95
-    assert figures["supported_kept"] >= 0.70
+    dropped, kept = TARGETS[name]
+    assert figures["bad_dropped"] >= dropped
+    assert figures["supported_kept"] >= kept
 
 
 def evidence(*quotes, titles=None):
