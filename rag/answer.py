@@ -17,7 +17,7 @@ from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass, field
 
 from rag import conversation
-from rag.citations import FREE, Checked, StreamVerifier, numbers
+from rag.citations import FREE, Checked, StreamVerifier, judge, judge_reliable, numbers
 from rag.evidence import (
     QUANTITY_QUESTION,
     Evidence,
@@ -171,7 +171,10 @@ def build_messages(question: str, evidence: list[Evidence], previous: str | None
     lines = []
     for group in papers_of(evidence):
         quotes = " ".join(f'"{quoted(ev.quote)}"' for ev in group)
-        lines.append(f"[{group[0].n}] {quotes} ({quoted(group[0].title)})")
+        if style == "synthesis":  # a capable model names the paper it cites: give it the short name to use
+            lines.append(f"[{group[0].n}] {quoted(short_name(group[0].title))}: {quotes} ({quoted(group[0].title)})")
+        else:  # the bundled model copied names into filler sentences: only quotes and the title
+            lines.append(f"[{group[0].n}] {quotes} ({quoted(group[0].title)})")
     earlier = f"Earlier question: {previous}\n" if previous else ""
     instruction = SYNTHESIS if style == "synthesis" else EXTRACTIVE
     user = "Context:\n" + "\n".join(lines) + f"\n\n{earlier}Question: {question}\n{instruction}"
@@ -389,7 +392,28 @@ def overview(draft: Draft, searcher: Searcher) -> Iterator[str]:
         yield draft.emit(line, separator)
 
 
-def generate(draft: Draft, writer: Writer, style: str, deadline: Deadline | None) -> Iterator[str]:
+def judge_pass(writer: Writer, deadline: Deadline | None):
+    """The optional judge pass (RAG_VERIFY_WITH_LLM): the answering model asked, for each sentence the rules keep,
+    whether its quotes state it. Only for a model called in this process, in parallel (a remote endpoint: a local
+    model's one slot is busy with the answer), and only when it answers the two control questions right (two calls
+    per answer); None otherwise, and the rules stand alone."""
+    from llama_index.core.llms import ChatMessage
+
+    if writer.slots is not None:
+        return None
+
+    def ask(prompt: str) -> str:
+        return "".join(writer.stream([ChatMessage(role="user", content=prompt)], deadline))
+
+    until = time.monotonic() + deadline.remaining() if deadline and deadline.remaining() != float("inf") else None
+    if not judge_reliable(ask, until):
+        return None
+    return lambda checked: judge(checked.text, checked.supporting, ask, until)
+
+
+def generate(
+    draft: Draft, writer: Writer, style: str, deadline: Deadline | None, verify_with_llm: bool = False
+) -> Iterator[str]:
     """The LLM's sentences from the numbered evidence, each yielded once verified (rag/citations.py) and only when
     it adds something the opening does not say. Any failure of the LLM becomes one notice; the evidence stands."""
     answer, question, query = draft.answer, draft.answer.question, draft.answer.query
@@ -404,7 +428,9 @@ def generate(draft: Draft, writer: Writer, style: str, deadline: Deadline | None
         only_quoted = style == "extractive" and {ev.quote for ev in checked.supporting} <= quoted_first
         return only_quoted or len(content_terms(checked.text) - FREE - said) < 2
 
-    verifier = StreamVerifier(answer.evidence, query, skip=repeats_opening)
+    verifier = StreamVerifier(
+        answer.evidence, query, skip=repeats_opening, judge=judge_pass(writer, deadline) if verify_with_llm else None
+    )
     t = time.perf_counter()
     previous = conversation.user_turns(draft.history)[-1] if query != question else None
     try:
@@ -474,7 +500,7 @@ def run(
     if style == "extractive" or writer is None:
         yield draft.emit(opening)
     if writer is not None:
-        yield from generate(draft, writer, style, deadline)
+        yield from generate(draft, writer, style, deadline, settings.verify_with_llm)
     if not draft.pieces:
         yield draft.emit(opening)
     return draft.finish()

@@ -94,6 +94,7 @@ def answer_extras(answer: Answer) -> dict:
         "references": [c.to_dict() for c in answer.citations],
         "refused": answer.refused,
         "notices": answer.notices,
+        "dropped": answer.dropped,  # generated sentences the evidence does not state, for the curious
         "kind": answer.kind,
         "sections": [section.to_dict() for section in answer.sections],
     }

@@ -132,3 +132,27 @@ class CrashingLLM(ScriptedLLM):
 
 def crashing_llm(settings) -> CrashingLLM:
     return CrashingLLM()
+
+
+class JudgingLLM(ScriptedLLM):
+    """A capable model that also judges (RAG_VERIFY_WITH_LLM): judge prompts get `verdict`, except the two control
+    questions, answered right (YES for "8 denoising steps", NO for "80"); every other prompt gets `script`."""
+
+    verdict: str = "NO: the quotes do not say so"
+    judged: list[str] = []
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any):
+        if "You check one sentence" not in prompt:
+            return super().stream_complete(prompt, formatted, **kwargs)
+        sentence = prompt.split("Sentence: ", 1)[1].split("\n", 1)[0]
+        if "denoising steps" in sentence:
+            reply = 'YES: "Our method needs only 8 denoising steps"' if " 8 " in sentence else "NO: it says 8"
+        else:
+            self.judged.append(sentence)
+            reply = self.verdict
+
+        def gen():
+            yield CompletionResponse(text=reply, delta=reply)
+
+        return gen()

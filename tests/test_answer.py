@@ -11,7 +11,7 @@ from rag.answer import REFUSAL, build_messages
 from rag.citations import parse_markers
 from rag.evidence import Evidence
 from rag.settings import Settings
-from tests.fakes import ScriptedLLM, SynthesisLLM, tokens
+from tests.fakes import JudgingLLM, ScriptedLLM, SynthesisLLM, tokens
 from tests.live import PROXY, QUESTION
 
 
@@ -87,6 +87,19 @@ def test_synthesis_falls_back_to_the_quoted_evidence_when_nothing_survives(fixtu
     _, answer = run(assistant, QUESTION)
     assert ANSWER_88 in answer.opening and "95%" not in answer.text
     assert "no sentence the evidence states" in answer.notices[0]
+
+
+@pytest.mark.parametrize("verdict", ["NO: the quote says 88% of the gap", 'YES: "we can close 88% of the gap between"'])
+def test_the_judge_pass_asks_the_model_about_each_kept_sentence(fixture_index, verdict):
+    sentence = "With 7B proxies, proxy-tuning closes 88% of the gap between Llama2-70B and its chat version [1]."
+    llm = JudgingLLM(script=tokens(sentence), prompts=[], verdict=verdict, judged=[])
+    settings = Settings(index_dir=fixture_index, llm_backend="openai", answer_style="synthesis", verify_with_llm=True)
+    _, answer = run(Assistant(settings, llm=llm), QUESTION)
+    assert len(llm.judged) == 1 and "88% of the gap" in llm.judged[0]  # after the controls, the kept sentence
+    if verdict.startswith("NO"):
+        assert answer.generated["kept"] == 0 and "no sentence the evidence states" in answer.notices[0]
+    else:
+        assert answer.generated["kept"] == 1 and answer.opening.startswith("With 7B proxies")
 
 
 def test_absent_topic_is_refused_with_the_closest_papers(fixture_index):

@@ -24,6 +24,7 @@ STYLE = """
 .rag-notice { color: #b45309; font-size: 0.9em; margin-top: 6px; }
 .rag-refs { font-size: 0.85em; margin-top: 8px; opacity: 0.85; }
 .rag-section { font-weight: 700; margin: 8px 0 2px; }
+.rag-dropped { font-size: 0.85em; opacity: 0.75; margin-top: 6px; }
 .rag-wait { opacity: .65; font-style: italic; }
 .rag-line { min-height: 1.4em; font-size: 0.92em; }
 .rag-line.rag-error { color: #b91c1c; }
@@ -111,6 +112,12 @@ def answer_html(turn: int, text: str, answer: Answer | None = None) -> str:
         )
         body += f'<div class="rag-refs">{links}</div>'
     notices = "".join(f'<div class="rag-notice">⚠ {esc(n)}</div>' for n in (answer.notices if answer else []))
+    if answer is not None and answer.dropped:  # what the model wrote that the evidence does not state: folded
+        items = "".join(f"<li>{esc(d)}</li>" for d in answer.dropped)
+        notices += (
+            f'<details class="rag-dropped"><summary>{len(answer.dropped)} generated sentence(s) left out: the '
+            f"evidence does not state them</summary><ul>{items}</ul></details>"
+        )
     if answer is not None and answer.refused:
         return (
             f'<div class="rag-answer rag-refused"><span class="rag-label">Not in the indexed papers</span>'
