@@ -59,7 +59,7 @@ class SynthesisLLM(ScriptedLLM):
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any):
         from tests import adversarial
 
-        quotes = [(int(n), q) for n, q in re.findall(r'^\[(\d+)\] "([^"]+)"', prompt, re.M)]
+        quotes = [(int(n), q) for n, q in re.findall(r'^\[(\d+)\] (?:[^"\n]*: )?"([^"]+)"', prompt, re.M)]
         (n1, first), second = quotes[0], quotes[min(1, len(quotes) - 1)][1]
         rng = random.Random(0)
         lines = [f"{adversarial.paraphrase(first).rstrip('.')} [{n1}]."]

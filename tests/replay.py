@@ -16,7 +16,7 @@ from pathlib import Path
 from rag.citations import MARKER, parse_markers, strip_markers, text_units
 
 CLAIMS = Path(__file__).parent / "data" / "claims-synthesis-dev.jsonl"
-PROMPT_LINE = re.compile(r"^\[(\d+)\] (.*) \(([^()]*(?:\([^()]*\)[^()]*)*)\)\s*$")
+PROMPT_LINE = re.compile(r'^\[(\d+)\] (?:[^"\n]*?: )?(".*) \(([^()]*(?:\([^()]*\)[^()]*)*)\)\s*$')
 
 
 def squash(text: str) -> str:
