@@ -338,7 +338,7 @@ def gather(question: str, history: list | None, settings: Settings, searcher, k:
     t = time.perf_counter()
     top = hits[: settings.answer_papers]
     stored = searcher.sentence_vectors([h.paper_id for h in top])
-    scored = score_sentences(asks, ask_vectors, top, searcher.papers, searcher.embed, stored)
+    scored = score_sentences(asks, ask_vectors, top, searcher.papers, searcher.embed, stored, searcher.roles)
     draft.scored = scored
     floor = settings.evidence_floor_papers if WHICH_PAPERS.search(question) else settings.evidence_floor
     draft.answer.evidence = select(
@@ -365,7 +365,9 @@ def overview(draft: Draft, searcher: Searcher) -> Iterator[str]:
     answer, hits = draft.answer, draft.hits
     t = time.perf_counter()
     stored = searcher.sentence_vectors([h.paper_id for h in hits])
-    scored = score_sentences(draft.asks, draft.ask_vectors, hits, searcher.papers, searcher.embed, stored)
+    scored = score_sentences(
+        draft.asks, draft.ask_vectors, hits, searcher.papers, searcher.embed, stored, searcher.roles
+    )
     chosen = select_papers(answer.question, hits, scored, stored, draft.ask_vectors[0], searcher.papers)
     vectors = dict(zip((ev.paper_id for ev in chosen), np.asarray(searcher.embed([ev.quote for ev in chosen]))))
     sections = group_by_approach(chosen, vectors, answer.question)

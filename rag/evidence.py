@@ -19,6 +19,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
+from rag.roles import sentence_roles, wanted_roles
 from rag.sentences import split_sentences
 
 W_MEANING, W_WORDS, W_KIND, W_RANK = 0.5, 0.4, 0.1, 0.1
@@ -106,6 +107,7 @@ class Evidence:
     score: float
     rank: int  # the paper's rank in the search
     part_scores: list[float] = field(default_factory=list, repr=False)  # per part of a question that asks several
+    role: str = ""  # background, objective, method, result or other (rag/roles.py), "" when unknown
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -196,8 +198,11 @@ def asked_parts(question: str) -> list[str]:
     return [question] + (parts if len(parts) > 1 else [])
 
 
+BACKGROUND_WEIGHT = 0.8  # a background sentence's score, when the question does not ask for background (calibrated)
+
+
 def score_sentences(
-    asks: list[str], ask_vectors: list, hits: list, papers, embed, stored: dict | None = None
+    asks: list[str], ask_vectors: list, hits: list, papers, embed, stored: dict | None = None, roles: bool = False
 ) -> list[Evidence]:
     """Every sentence of the hit papers, scored against the question, best first (n is not yet assigned). When the
     question asks several things, each sentence is also scored against each part (`Evidence.part_scores`).
@@ -205,17 +210,22 @@ def score_sentences(
     `asks` is `asked_parts(question)` and `ask_vectors` their normalized vectors. `embed(texts) -> list[vector]`
     embeds the sentences that `stored` (paper id -> one vector per abstract sentence, from index time) does not
     hold: the metadata lines, or every sentence of an index built without sentence vectors.
+    With `roles` (the stored vectors are the role model's: rag/roles.py), each abstract sentence gets its role, and
+    a background sentence counts BACKGROUND_WEIGHT of its score unless the question asks for background.
     """
     import numpy as np
 
     stored = stored or {}
     rows, vectors, todo = [], [], []  # (hit, paper, sentence); its vector or None; the sentences to embed now
+    kinds: list[str] = []  # each row's role
     for hit in hits:
         paper = papers[hit.paper_id]
         sentences = paper_sentences(paper)
         known = stored.get(hit.paper_id)
         if known is None or len(known) != len(split_sentences(paper["abstract"])):
             known = []  # indexed before sentence vectors were stored, or split differently: embed them now
+        found = sentence_roles(known) if roles and len(known) else []
+        kinds += [found[i] if i < len(found) else "" for i in range(len(sentences))]
         for i, sentence in enumerate(sentences):
             rows.append((hit, paper, sentence))
             vectors.append(known[i] if i < len(known) else None)
@@ -229,13 +239,16 @@ def score_sentences(
     ask_terms = [content_terms(a) for a in asks]
     wants = [[holds for kind, holds in ANSWER_KINDS if kind.search(a)][:1] for a in asks]
     title_terms = {hit.paper_id: content_terms(papers[hit.paper_id]["title"]) for hit in hits}
+    demote = roles and "background" not in wanted_roles(asks[0])
     out = []
-    for (hit, paper, sentence), cosines in zip(rows, meaning.tolist()):
+    for (hit, paper, sentence), cosines, role in zip(rows, meaning.tolist(), kinds):
         terms = content_terms(sentence) | title_terms[hit.paper_id]
         scores = [
             sentence_score(cosines[i], ask_terms[i], wants[i], terms, sentence, hit.rank) for i in range(len(asks))
         ]
-        ev = Evidence(0, hit.paper_id, paper["title"], paper["url"], sentence, round(scores[0], 4), hit.rank)
+        if demote and role == "background":
+            scores = [x * BACKGROUND_WEIGHT for x in scores]
+        ev = Evidence(0, hit.paper_id, paper["title"], paper["url"], sentence, round(scores[0], 4), hit.rank, role=role)
         ev.part_scores = [round(x, 4) for x in scores[1:]]
         out.append(ev)
     out.sort(key=lambda e: -e.score)

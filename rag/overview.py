@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rag.evidence import STOPWORDS, Evidence, content_terms, stems
+from rag.roles import wanted_roles
 
 OVERVIEW_CANDIDATES = 25  # papers considered; hybrid search holds 73% of the relevant ones in its top 20 (dev)
 MAX_PAPERS = 10  # lines in one overview
@@ -38,13 +39,19 @@ GROUP_COSINE = 0.6  # a paper joins a group whose key sentences' centroid is thi
 WEIGHTS = (1.4, 3.66, 1.35, 1.5, 1.78, 0.28)
 BIAS = -5.93
 RELEVANCE = 0.2
-STANDALONE_SHARE = 0.85  # a key sentence opening with a connective gives way to one scoring this share of it
+STANDALONE_SHARE = (
+    0.8  # a key sentence must score this share of its paper's best: one that stands alone, of a wanted role
+)
 CONNECTIVE = re.compile(
     r"^\W*(this|these|that|those|such|it|its|they|their|here|moreover|furthermore|however|additionally|in addition|"
     r"building on|to (this|that) end|thus|therefore|hence|finally|also|besides|as a result|in contrast|instead|"
-    r"specifically|consequently|then)\b",
+    r"specifically|consequently|then|to (tackle|address|solve|overcome|mitigate|fill) (this|these|that|those|such|"
+    r"the above))\b",
     re.I,
 )
+LIST_ITEM = re.compile(
+    r"^\W*\(?(i{1,3}|iv|vi{0,3}|[a-e])\)|^[\W\d]*[a-z]"
+)  # "(iii). generalized, ...": cut from a list
 
 WHICH_PAPERS = re.compile(
     r"\b(which|what)\s+(\w+\s+){0,2}(papers|works|studies|methods|approaches|frameworks|models)\b"
@@ -129,24 +136,28 @@ def paper_features(question: str, hits: list, key: dict[str, Evidence], vectors:
     return out
 
 
-def key_sentences(scored: list[Evidence]) -> dict[str, Evidence]:
+def key_sentences(scored: list[Evidence], wanted: tuple[str, ...] = ()) -> dict[str, Evidence]:
     """paper id -> its key sentence: the best-scoring one that stands on its own (no connective that refers to a
-    sentence not shown, when another sentence of the paper scores nearly as well)."""
+    sentence not shown, no list item cut from its list) and, among those, of a role the question wants first
+    (rag/roles.py: "what approaches ..." wants the objective or the method), when it scores nearly as well."""
     by_paper: dict[str, list[Evidence]] = {}
     for ev in scored:  # best first
         if not ev.quote.startswith(("Authors: ", "Year: ")):
             by_paper.setdefault(ev.paper_id, []).append(ev)
     key = {}
     for pid, sentences in by_paper.items():
-        standing = [ev for ev in sentences if not CONNECTIVE.match(ev.quote)]
         best = sentences[0]
-        key[pid] = standing[0] if standing and standing[0].score >= STANDALONE_SHARE * best.score else best
+        standing = [
+            ev for ev in sentences if not CONNECTIVE.match(ev.quote) and ev.score >= STANDALONE_SHARE * best.score
+        ]
+        preferred = [ev for ev in standing if ev.role and ev.role in wanted[:2]]
+        key[pid] = preferred[0] if preferred else standing[0] if standing else best
     return key
 
 
 def select_papers(question: str, hits: list, scored: list[Evidence], vectors: dict, ask_vector, papers):
     """The relevant papers' key sentences, most relevant first (at most MAX_PAPERS); n is not yet assigned."""
-    key = key_sentences(scored)
+    key = key_sentences(scored, wanted_roles(question))
     features = paper_features(question, hits, key, vectors, ask_vector, papers)
     probability = {pid: relevance(f) for pid, f in features.items()}
     kept = sorted((pid for pid, p in probability.items() if p >= RELEVANCE), key=lambda pid: -probability[pid])

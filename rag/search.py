@@ -69,6 +69,13 @@ class Searcher:
         s = self.settings
         return load_embedder(s.embed_model, s.embed_runtime).encode(texts)
 
+    @property
+    def roles(self) -> bool:
+        """Whether the stored sentence vectors are the ones the sentence-role model reads (rag/roles.py)."""
+        from rag.roles import model_embedder
+
+        return self.manifest.get("embed_model") == model_embedder()
+
     def sentence_vectors(self, paper_ids: list[str]) -> dict:
         """paper id -> the vectors of its abstract's sentences stored at index time (papers without: absent)."""
         return self.catalog.sentence_vectors(paper_ids)
