@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from rag import conversation
+from rag import conversation, limits
 from rag.citations import FREE, Checked, StreamVerifier, numbers
 from rag.evidence import QUANTITY_QUESTION, Evidence, content_terms, refusal_reason, score_sentences, select
 from rag.llm import stream_text
@@ -227,6 +227,7 @@ def run(
     deadline=None,  # rag.llm.Deadline bounding the wait for and use of the LLM
 ) -> Iterator[str | Answer]:
     """Yield the response text in pieces (joined they are `Answer.text`), then the Answer."""
+    limits.check_question(question, history, settings)  # QuestionError before anything is searched
     started = time.perf_counter()
     timings: dict[str, float] = {}
     question = " ".join(question.split())
@@ -302,7 +303,9 @@ def run(
                     "The LLM wrote no sentence the evidence states; the answer is quoted from the evidence."
                 )
         except Exception as e:  # any backend failure becomes one line; the evidence answer still stands
-            answer.notices.append(f"The LLM ({backend}) failed: {error_line(e)}. The answer is quoted from the evidence.")
+            answer.notices.append(
+                f"The LLM ({backend}) failed: {error_line(e)}. The answer is quoted from the evidence."
+            )
         timings["generate"] = time.perf_counter() - t
         answer.dropped = [d.dropped.strip() for d in verifier.dropped]
         answer.generated = {
