@@ -75,6 +75,9 @@ def print_answer_stream(assistant, question: str, history: list | None, k: int |
 
 def cmd_ask(args, settings: Settings) -> int:
     from rag.assistant import Assistant
+    from rag.limits import check_question
+
+    check_question(args.question, None, settings)  # before any model loads
 
     assistant = Assistant(with_backend(settings, args.backend))
     if args.json:
