@@ -16,7 +16,7 @@ import time
 from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass, field
 
-from rag import conversation
+from rag import conversation, limits
 from rag.citations import FREE, Checked, StreamVerifier, judge, judge_reliable, numbers
 from rag.evidence import (
     QUANTITY_QUESTION,
@@ -476,6 +476,7 @@ def run(
 ) -> Generator[str, None, Answer]:
     """Yield the prose in pieces (joined they are `Answer.prose`), then return the Answer. `writer` None: the
     evidence answer, no LLM."""
+    limits.check_question(question, history, settings)  # QuestionError before anything is searched
     draft = gather(question, history, settings, searcher, k, mode)
     answer = draft.answer
     answer.backend = writer.name if writer else EVIDENCE_ONLY

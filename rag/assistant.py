@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rag import answer as answering
-from rag import storage
+from rag import limits, storage
 from rag.answer import Answer, AnswerStream
 from rag.generation import Deadline, Slots, Writer, start_workers
 from rag.index import IndexReport, build_index
@@ -25,6 +25,7 @@ from rag.llm import LOCAL_BACKENDS, describe, make_llm
 from rag.models import load_embedder
 from rag.search import Hit, Searcher
 from rag.settings import Settings, error_line
+from rag.vectors import VectorStoreError
 
 LLM_FIELDS = {
     "llm_backend",
@@ -91,9 +92,15 @@ def load(setup: Setup, strict: bool = False) -> Setup:
 
 
 def open_searcher(settings: Settings) -> Searcher:
-    """A Searcher with its retrievers built and models loaded, ready to answer at full speed."""
+    """A Searcher with its retrievers built and models loaded, ready to answer at full speed. A Chroma that cannot be
+    reached does not stop it: BM25 search works without it, dense search raises a VectorStoreError naming Chroma,
+    and `searcher.vector_error` says why (in /healthz)."""
     searcher = Searcher(settings)
-    searcher.search(WARM_QUESTION, k=1)  # loads the paper vectors, the BM25 tables and the embedding model
+    searcher.search(WARM_QUESTION, k=1, mode="bm25")  # the BM25 tables
+    try:
+        searcher.search(WARM_QUESTION, k=1, mode="dense")  # the embedding model, then the paper vectors
+    except VectorStoreError:
+        pass
     return searcher
 
 
@@ -109,6 +116,7 @@ class Assistant:
         self._changing = threading.Lock()  # configure and LLM loading, one at a time
         self._opening = threading.Lock()  # opening an index generation, one at a time
         self._checked = 0.0
+        self._open_error = ""  # why the index could not be opened (one line), for /healthz
 
     @classmethod
     def open(cls, **overrides) -> Assistant:
@@ -139,7 +147,11 @@ class Assistant:
         if searcher is None:
             with self._opening:
                 if self._searcher is None:
-                    self._searcher = open_searcher(self.settings)
+                    try:
+                        self._searcher = open_searcher(self.settings)
+                    except Exception as e:
+                        self._open_error = error_line(e, typed=False)
+                        raise
                 return self._searcher
         now = time.monotonic()
         if now - self._checked >= FRESHNESS_CHECK_SECONDS:
@@ -204,6 +216,7 @@ class Assistant:
     # --- the API ------------------------------------------------------------------------------------------
 
     def search(self, query: str, k: int | None = None, mode: str | None = None) -> list[Hit]:
+        limits.check_text(query, "the query", self.settings.max_question_chars)
         return self.searcher.search(query, k=k, mode=mode)
 
     def stream(
@@ -260,12 +273,30 @@ class Assistant:
 
     def health(self) -> dict:
         """What /healthz reports: "degraded" when the LLM could not be loaded or failed its start-up check (answers
-        are then the evidence answer, with a notice saying why)."""
+        are then the evidence answer, with a notice saying why), or when the index is missing or Chroma could not
+        be reached at the last dense search (BM25 search and answers still work). Never waits on anything."""
         setup = self._setup
         llm = {"backend": setup.describe(), "ok": not setup.error}
         if setup.error:
             llm["error"] = setup.error
-        return {"status": "degraded" if setup.error else "ok", "llm": llm}
+        index = self.index_health()
+        return {"status": "degraded" if setup.error or not index["ok"] else "ok", "llm": llm, "index": index}
+
+    def index_health(self) -> dict:
+        """{"ok", "state": ok | missing | unusable | chroma unreachable, "papers", "error"} from what is known now: the
+        open index generation and its last dense search; before one is open, the published manifest."""
+        searcher = self._searcher
+        if searcher is not None:
+            papers = searcher.manifest["papers"]
+            if searcher.vector_error:
+                return {"ok": False, "state": "chroma unreachable", "papers": papers, "error": searcher.vector_error}
+            return {"ok": True, "state": "ok", "papers": papers}
+        manifest = storage.read_manifest(Path(self.settings.index_dir))
+        if not manifest:
+            return {"ok": False, "state": "missing", "papers": 0, "error": f"no index in {self.settings.index_dir}"}
+        if self._open_error:
+            return {"ok": False, "state": "unusable", "papers": manifest["papers"], "error": self._open_error}
+        return {"ok": True, "state": "ok", "papers": manifest["papers"]}
 
     def diagnose(self) -> dict:
         """What a bug report needs (`rag doctor`): the CPU and llama.cpp's view of it, the embedder's runtime, the

@@ -94,12 +94,19 @@ NUMBER = re.compile(
     re.I,
 )
 # Identifiers: words with a digit or an inner capital or all capitals (GPT-4, Llama2-70B, SnapFusion, LoRA, BERT).
-NAME = re.compile(r"(?<![\w\-])(?=[\w\-.]*(?:\d|[a-z][A-Z]|[A-Z]{2}))[A-Za-z0-9][\w\-.]*[\w]|(?<=\s)[A-Z][a-z]+")
+# The look-ahead sees at most 60 characters (an identifier's digit or capitals come sooner): unbounded, it rescanned
+# the rest of "a.a.a.a..." from every letter (quadratic).
+NAME = re.compile(
+    r"(?<![\w\-])(?=[A-Za-z0-9])(?=[\w\-.]{0,60}?(?:\d|[a-z][A-Z]|[A-Z]{2}))[A-Za-z0-9][\w\-.]*[\w]|(?<=\s)[A-Z][a-z]+"
+)
+QUOTES = "\"'“”"
 UNIT_ALIASES = {"percent": "%", "×": "x", "times": "x"}
 # Clause boundaries with a subject of their own after them (", which ..." refers back, so it does not split).
-# Smaller joins, tried for a sentence citing two papers when clauses alone do not separate them.
-PHRASE = re.compile(r"\s*(?:,|;|\band\b|\bwhile\b|\bwhereas\b|\bbut\b)\s*", re.I)
-CLAUSE = re.compile(r"\s*(?:;|,\s*(?:and|but|while|whereas|although)\b|\b(?:but|whereas|while)\b)\s*", re.I)
+# Smaller joins, tried for a sentence citing two papers when clauses alone do not separate them (no leading \s*:
+# the parts are stripped instead; tried at every space of a long run, it made a split quadratic).
+PHRASE = re.compile(r"(?:,|;|\band\b|\bwhile\b|\bwhereas\b|\bbut\b)\s*", re.I)
+# No leading \s* (the clauses are stripped instead): tried at every space of a long run, it made a split quadratic.
+CLAUSE = re.compile(r"(?:;|,\s*(?:and|but|while|whereas|although)\b|\b(?:but|whereas|while)\b)\s*", re.I)
 
 MIN_TERMS = 3  # fewer content words than this is filler ("The answer is:"), not a claim
 NEW_WORDS = 1  # content words the evidence does not hold that a sentence may add, plus one per 8 words
@@ -176,6 +183,22 @@ def numbers_stated(sentence: str, source: str) -> bool:
     return all(pair in source_counts for pair in counted(sentence) if pair[1] in counted_words)
 
 
+def core_and_end(claim: str) -> tuple[str, str]:
+    """The claim without the quotes and spaces around it and its final punctuation, and its end mark: "!" or "?" if
+    it ends with one, else ".". (A loop: the regex for this, a lazy core before two optional runs, backtracked
+    cubically on a long run of dots.)"""
+    start, stop, mark = 0, len(claim), ""
+    while start < stop and (claim[start].isspace() or claim[start] in QUOTES):
+        start += 1
+    while stop > start:
+        ch = claim[stop - 1]
+        if not (ch.isspace() or ch in QUOTES or ch == "." or (ch in "!?" and not mark)):
+            break
+        mark = mark or (ch if ch in "!?" else "")
+        stop -= 1
+    return claim[start:stop], mark or "."
+
+
 def names(text: str) -> set[str]:
     """Identifiers and capitalised words after the first word, lower-cased."""
     return {m.group(0).lower().rstrip(".") for m in NAME.finditer(text)}
@@ -192,7 +215,7 @@ def negations(text: str) -> int:
 
 
 def clauses(text: str) -> list[str]:
-    return [c for c in CLAUSE.split(text) if c and len(content_terms(c)) >= 2]
+    return [c for c in map(str.strip, CLAUSE.split(text)) if c and len(content_terms(c)) >= 2]
 
 
 def polarity_agrees(sentence: str, source: str) -> bool:
@@ -610,7 +633,7 @@ class Verifier:
             core = EVERY_PAPER.sub("", claim)
             return cited if all(not self.why_not(core, n) for n in cited) else []
         for splitter in (CLAUSE, PHRASE):
-            parts = [c for c in splitter.split(claim) if c and len(content_terms(c)) >= 2]
+            parts = [c for c in map(str.strip, splitter.split(claim)) if c and len(content_terms(c)) >= 2]
             if len(parts) < 2:
                 continue
             used = []
@@ -634,8 +657,7 @@ class Verifier:
             return Checked("", [], dropped=sentence, reason="scaffold")
         claim = LEAD_IN.sub("", bare)
         opened = re.match(r"\s*([\"'“‘])", claim)
-        m = re.fullmatch(r"[\s\"'“”]*(.*?)[\s\"'“”.]*([!?])?[\s\"'“”.]*", claim, re.S)
-        claim, end = m.group(1), m.group(2) or "."
+        claim, end = core_and_end(claim)
         if opened and re.search(r"[\"'”’](?=[\s,:;])", claim):  # "'A Title' shows ...": keep the title's opening mark
             claim = opened.group(1) + claim
         if len(content_terms(claim)) < MIN_TERMS:

@@ -9,7 +9,12 @@ import sqlite3
 import sys
 from typing import get_args
 
-from rag.settings import Backend, Mode, Settings
+from rag.settings import Backend, Mode, Settings, error_line, mask_url
+
+# Seconds `rag serve` lets requests in flight finish after SIGTERM or Ctrl-C before it cancels them: an answer without
+# the LLM takes ~50 ms, and a streaming answer that waits on a slow endpoint must not hold the shutdown (measured
+# before: a stream open on a dripping endpoint kept the server up until SIGKILL).
+SHUTDOWN_GRACE_SECONDS = 5
 
 
 def cmd_index(args, settings: Settings) -> int:
@@ -69,6 +74,9 @@ def print_answer_stream(assistant, question: str, history: list | None, k: int |
 
 def cmd_ask(args, settings: Settings) -> int:
     from rag.assistant import Assistant
+    from rag.limits import check_question
+
+    check_question(args.question, None, settings)  # before any model loads
 
     assistant = Assistant(with_backend(settings, args.backend))
     if args.json:
@@ -82,6 +90,7 @@ def cmd_ask(args, settings: Settings) -> int:
 
 def cmd_chat(args, settings: Settings) -> int:
     from rag.assistant import Assistant
+    from rag.limits import QuestionError
 
     assistant = Assistant(with_backend(settings, args.backend))
     assistant.warm()  # the index opened and the LLM's start-up check run before the first question
@@ -102,7 +111,11 @@ def cmd_chat(args, settings: Settings) -> int:
             history.clear()
             continue
         if question:
-            answer = print_answer_stream(assistant, question, history, args.k, args.mode)
+            try:
+                answer = print_answer_stream(assistant, question, history, args.k, args.mode)
+            except QuestionError as e:  # this question only: the conversation goes on
+                print(f"error: {e}", file=sys.stderr)
+                continue
             history += [{"role": "user", "content": question}, {"role": "assistant", "content": answer.text}]
 
 
@@ -116,6 +129,7 @@ def cmd_serve(args, settings: Settings) -> int:
     from rag.assistant import Assistant
     from rag.server import build_app
     from rag.storage import IndexingError
+    from rag.vectors import VectorStoreError
 
     overrides = {k: v for k, v in (("ui_host", args.host), ("ui_port", args.port)) if v is not None}
     settings = Settings.model_validate({**settings.model_dump(), **overrides})
@@ -127,7 +141,9 @@ def cmd_serve(args, settings: Settings) -> int:
     try:
         assistant.warm()
     except IndexingError as e:
-        print(f"note: {e}; add a corpus file in the UI's Library tab", file=sys.stderr)
+        print(f"note: {error_line(e, typed=False)}; add a corpus file in the UI's Library tab", file=sys.stderr)
+    except VectorStoreError as e:  # BM25 search and answers work meanwhile; /healthz says "degraded"
+        print(f"note: {error_line(e, typed=False)}", file=sys.stderr)
     llm = assistant.health()["llm"]
     if not llm["ok"]:
         print(f"note: {llm['error']}; answers are quoted from the evidence", file=sys.stderr)
@@ -139,7 +155,13 @@ def cmd_serve(args, settings: Settings) -> int:
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(build_app(assistant, keys), host=settings.ui_host, port=settings.ui_port, log_level="info")
+    uvicorn.run(
+        build_app(assistant, keys),
+        host=settings.ui_host,
+        port=settings.ui_port,
+        log_level="info",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+    )
     return 0
 
 
@@ -274,15 +296,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings()
         return args.run(args, settings)
-    except (CorpusError, IndexingError, ModelError, RuntimeError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (CorpusError, IndexingError, ModelError, RuntimeError, ValueError) as e:  # ValueError: settings too
+        print(f"error: {error_line(e, typed=False)}", file=sys.stderr)
     except OSError as e:
-        print(
-            f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}; the existing index is unchanged",
-            file=sys.stderr,
-        )
+        where = f": {e.filename}" if e.filename else ""
+        print(f"error: {mask_url(str(e.strerror or e))}{where}; the existing index is unchanged", file=sys.stderr)
     except sqlite3.Error as e:  # the catalog or the build's scratch file, e.g. "database or disk is full"
-        print(f"error: {e}; the existing index is unchanged", file=sys.stderr)
+        print(f"error: {error_line(e, typed=False)}; the existing index is unchanged", file=sys.stderr)
     except KeyboardInterrupt:
         print("interrupted; the existing index is unchanged", file=sys.stderr)
         return 130

@@ -25,6 +25,8 @@ MAX_FILE_BYTES = 200 * 1024 * 1024
 MAX_LINE_CHARS = 100_000  # a title or abstract longer than this is not an abstract
 MAX_TITLE_CHARS = 400
 MIN_ABSTRACT_CHARS = 80
+MAX_JSON_DEPTH = 20  # a record is an object holding lists of names at most: deeper nesting is not a corpus
+TEXT_FIELDS = ("title", "abstract", "id", "url", "year", "update_date")
 SUFFIXES = {".txt": "scrape", ".json": "json", ".jsonl": "json", ".csv": "csv", ".bib": "bibtex"}
 ARXIV_ID = re.compile(r"^(\d{4}\.\d{4,5}|[a-z\-]+(\.[A-Z]{2})?/\d{7})(v\d+)?$")
 
@@ -78,8 +80,28 @@ def paper_url(title: str, url: str = "", arxiv_id: str = "") -> str:
     return "https://arxiv.org/search/?" + urllib.parse.urlencode({"query": title, "searchtype": "title"})
 
 
+def json_kind(value) -> str:
+    return "a JSON object" if isinstance(value, dict) else "a list" if isinstance(value, list) else type(value).__name__
+
+
+def check_fields(path: Path, line: int, rec: dict) -> None:
+    """Refuse a record whose text fields are JSON objects or lists (a title must be text, not {"en": ...})."""
+    for key in TEXT_FIELDS:
+        value = rec.get(key)
+        if value is not None and not isinstance(value, (str, int, float)):
+            raise CorpusError(path, line, f"{key!r} is {json_kind(value)}, not text")
+    for key in ("authors", "categories"):
+        value = rec.get(key)
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            names = item if isinstance(item, list) and key == "authors" else [item]  # ["Last", "First"] pairs
+            if any(n is not None and not isinstance(n, (str, int, float)) for n in names):
+                raise CorpusError(path, line, f"{key!r} holds {json_kind(value)} nested too deeply, not names")
+
+
 def make_paper(path: Path, line: int, rec: dict) -> Paper:
     """Build a Paper from a record; raises CorpusError for a missing or implausible title/abstract."""
+    check_fields(path, line, rec)
     title = normalize(str(rec.get("title") or ""))
     abstract = normalize(str(rec.get("abstract") or ""))
     if not title:
@@ -214,6 +236,8 @@ def parse_json(path: Path) -> Iterator[Paper]:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise CorpusError(path, e.lineno, f"invalid JSON: {e.msg}") from None
+        except RecursionError:  # Python's parser gives up around depth 1000; records are 3 deep
+            raise CorpusError(path, too_deep_line(text), f"JSON nested more than {MAX_JSON_DEPTH} deep") from None
         # line numbers of array items are not kept by json; report the item's position instead
         for number, rec in enumerate(data, 1):
             found += 1
@@ -226,10 +250,32 @@ def parse_json(path: Path) -> Iterator[Paper]:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
                 raise CorpusError(path, number, f"invalid JSON line: {e.msg}") from None
+            except RecursionError:
+                raise CorpusError(path, number, f"JSON nested more than {MAX_JSON_DEPTH} deep") from None
             found += 1
             yield json_paper(path, number, rec, "line")
     if not found:
         raise CorpusError(path, None, "no records found")
+
+
+def too_deep_line(text: str) -> int | None:
+    """The line where JSON nesting first passes MAX_JSON_DEPTH (brackets inside strings not counted)."""
+    depth, in_string, escaped, line = 0, False, False, 1
+    for ch in text:
+        if ch == "\n":
+            line += 1
+        elif in_string:
+            in_string = escaped or ch != '"'
+            escaped = not escaped and ch == "\\"
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return line
+        elif ch in "]}":
+            depth -= 1
+    return None
 
 
 def json_paper(path: Path, number: int, rec, where: str) -> Paper:

@@ -38,6 +38,18 @@ show shows based new way ways one two kind any anything something here corpus sa
 """.split()
 )
 
+
+def later(first: str, then: str) -> str:
+    """`first .* then` (words, as regex source) in linear time: the text in between may not hold another `first`
+    (unless that one is right before `then`).
+
+    `.*` between two words backtracks over the rest of the text from every place the first word occurs: quadratic
+    (a 1 MB question without "?" held the GIL, and every other request, for 69 s). A match from an earlier `first`
+    implies one from the last `first` before `then`, so the answer is the same; each span between two `first`s is
+    scanned once."""
+    return rf"{first} (?:(?!\b{first} (?!{then}\b)).)* {then}"
+
+
 NUMBER = re.compile(r"\d")
 QUANTITY_QUESTION = re.compile(
     r"\b(how (many|much|large|big|fast|long|often)|what (percentage|fraction|number|"
@@ -50,7 +62,9 @@ ANSWER_KINDS = [
     (QUANTITY_QUESTION, NUMBER),
     (
         re.compile(
-            r"\b(how (well|good)|how much better|does .* (outperform|beat|improve)|what (gain|improvement))\b", re.I
+            rf"\b(how (well|good)|how much better|{later('does', '(outperform|beat|improve)')}|"
+            r"what (gain|improvement))\b",
+            re.I,
         ),
         re.compile(r"\b(outperform\w*|improv\w*|achiev\w*|surpass\w*|state-of-the-art|better|gains?)\b|\d", re.I),
     ),
@@ -74,7 +88,9 @@ FACT_KINDS = {
         re.compile(r"\bauthors?:|\bet al\b", re.I),
     ),
     "year": (
-        re.compile(r"\b((what|which) year|when was .* (published|released)|publication (date|year))\b", re.I),
+        re.compile(
+            rf"\b((what|which) year|{later('when was', '(published|released)')}|publication (date|year))\b", re.I
+        ),
         re.compile(r"\b(19|20)\d\d\b"),
     ),
     "venue": (
@@ -91,7 +107,9 @@ FACT_KINDS = {
         re.compile(r"\b(GPUs?|TPUs?|A100|H100|V100|A6000|RTX|hardware)\b"),
     ),
     "money": (
-        re.compile(r"\bhow much money\b|\bcost to train\b|\bwhat did .* cost\b|\bprice\b|\bin dollars\b", re.I),
+        re.compile(
+            rf"\bhow much money\b|\bcost to train\b|\b{later('what did', 'cost')}\b|\bprice\b|\bin dollars\b", re.I
+        ),
         re.compile(r"\$\s?\d|\b(USD|dollars?)\b", re.I),
     ),
 }
@@ -158,8 +176,8 @@ def paper_sentences(paper: dict) -> list[str]:
 
 # Where a question asks a second thing: ", and on how many ...", "? What ...", "Flipped Learning: size, tasks, and
 # margin?" (a list after a colon).
-PART_BOUNDARY = re.compile(
-    r",?\s+and\s+(?=(?:on |in |for |with |by |to |at )?"
+PART_BOUNDARY = re.compile(  # (?<!\s): a run of spaces is tried from its first one only (else quadratic)
+    r",?(?<!\s)\s+and\s+(?=(?:on |in |for |with |by |to |at )?"
     r"(?:how|what|which|who|where|when|why|whether|is|are|does|do|did)\b)"
     r"|\?\s+(?=\S)",
     re.I,

@@ -25,7 +25,7 @@ from rag.corpus import CorpusError, Paper, corpus_files, read_papers
 from rag.incoming import Incoming
 from rag.models import embed_model_label, load_embedder
 from rag.sentences import split_sentences
-from rag.settings import Settings
+from rag.settings import Settings, mask_url
 from rag.storage import IndexingError, check_model
 from rag.vectors import PaperVectors, drop_collection
 
@@ -280,7 +280,7 @@ def publish_update(settings, incoming, live, sources, files, known, rebuild, rep
                 "generation": generation,
                 "embed_model": report.embed_model,
                 "chunk_tokens": settings.chunk_tokens,
-                "chroma": settings.chroma_url or "embedded",
+                "chroma": mask_url(settings.chroma_url) or "embedded",
                 "sources": sources,
                 "files": files,
                 "papers": report.papers,

@@ -67,6 +67,25 @@ def embed_model_label(name: str, runtime: str = DEFAULT_RUNTIME) -> str:
     return f"{base}, int8" if runtime == "onnx-int8" else base
 
 
+# Padded tokens (texts x the longest of them) in one run of the embedding model. Its activations grow with that
+# product, ~16 MB per 256-token text on ONNX int8 (measured, 2 cores: 8 texts +132 MB peak, 16 +260 MB, 64 +1067 MB,
+# 128 +2072 MB, at the same time per token), and ONNX Runtime's arena keeps the largest run's memory: one question
+# split into 170 parts made one run of 220 texts and took the server past 3 GB. Indexing already ran 8 texts at once.
+TOKEN_BUDGET = 8 * 256
+
+
+def token_batches(lengths: list[int], budget: int = TOKEN_BUDGET) -> list[list[int]]:
+    """Indices of texts (by their token counts) in runs whose padded size, texts x the longest, stays within the
+    budget (a text longer than the budget runs alone); texts of similar length together, so little is padding."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):  # shortest first: the newest is the longest
+        if batches and (len(batches[-1]) + 1) * lengths[i] <= budget:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 def cache_dir() -> Path:
     """Per-user cache (XDG_CACHE_HOME, else ~/.cache) for derived model files: the ONNX export of the embedder."""
     root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -116,21 +135,29 @@ class OnnxEmbedding:
         return self.plain.encode(text, add_special_tokens=False).ids
 
     def encode(self, texts: list[str]) -> list[list[float]]:
+        """Normalized vectors of `texts`, in order, in runs of at most TOKEN_BUDGET padded tokens."""
         import numpy as np
 
         if not texts:
             return []
-        encodings = self.batch.encode_batch(texts)
+        encodings = self.batch.encode_batch(texts)  # padded on the right to the longest: a run takes a left slice
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-        feed = {"input_ids": ids, "attention_mask": mask}
-        if "token_type_ids" in self.inputs:
-            feed["token_type_ids"] = np.zeros_like(ids)
-        out = self.session.run(None, feed)[0]
-        weights = mask[..., None].astype(np.float32)
-        vectors = (out * weights).sum(1) / np.clip(weights.sum(1), 1e-9, None)
-        vectors /= np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
-        return vectors.tolist()
+        lengths = mask.sum(1).tolist()
+        vectors: list = [None] * len(texts)
+        for run in token_batches(lengths):
+            width = max(lengths[i] for i in run)
+            run_ids, run_mask = ids[run, :width], mask[run, :width]
+            feed = {"input_ids": run_ids, "attention_mask": run_mask}
+            if "token_type_ids" in self.inputs:
+                feed["token_type_ids"] = np.zeros_like(run_ids)
+            out = self.session.run(None, feed)[0]
+            weights = run_mask[..., None].astype(np.float32)
+            pooled = (out * weights).sum(1) / np.clip(weights.sum(1), 1e-9, None)
+            pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+            for i, vector in zip(run, pooled.tolist()):
+                vectors[i] = vector
+        return vectors
 
 
 EXPORT_RECIPE = "opset17-perchannel-qint8"  # part of the cache key: change it when the export changes
@@ -254,16 +281,23 @@ class TransformersEmbedding:
             return self.tokenizer.encode(text, add_special_tokens=False)
 
     def encode(self, texts: list[str]) -> list[list[float]]:
+        """Normalized vectors of `texts`, in order, in runs of at most TOKEN_BUDGET padded tokens."""
         torch = self.torch
+        if not texts:
+            return []
         with self._lock:
-            batch = self.tokenizer(
-                texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-            )
-        with torch.inference_mode(), bf16_if_fast():
-            out = self.model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(out.dtype)
-        vectors = (out * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(vectors.float(), dim=-1).tolist()
+            tokens = self.tokenizer(texts, truncation=True, max_length=self.max_length)
+        vectors: list = [None] * len(texts)
+        for run in token_batches([len(ids) for ids in tokens["input_ids"]]):
+            with self._lock:
+                batch = self.tokenizer.pad({k: [v[i] for i in run] for k, v in tokens.items()}, return_tensors="pt")
+            with torch.inference_mode(), bf16_if_fast():
+                out = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(out.dtype)
+            pooled = torch.nn.functional.normalize(((out * mask).sum(1) / mask.sum(1).clamp(min=1e-9)).float(), dim=-1)
+            for i, vector in zip(run, pooled.tolist()):
+                vectors[i] = vector
+        return vectors
 
 
 def bf16_if_fast():

@@ -9,7 +9,7 @@ from rag.catalog import CatalogReader
 from rag.models import load_embedder
 from rag.settings import Settings
 from rag.storage import IndexingError, check_model
-from rag.vectors import PaperVectors
+from rag.vectors import PaperVectors, VectorStoreError
 
 SNIPPET_CHARS = 300
 DENSE_SLACK = 10  # more papers asked of Chroma than wanted: some may be unpublished
@@ -50,6 +50,7 @@ class Searcher:
         self.catalog = CatalogReader(storage.catalog_path(settings.index_dir, self.store), manifest["generation"])
         self.papers = self.catalog.papers  # paper id -> dict, read from disk
         self._vectors: PaperVectors | None = None
+        self.vector_error: str | None = None  # why the last dense search failed (Chroma), None once one works
 
     @property
     def vocabulary(self):
@@ -89,7 +90,12 @@ class Searcher:
             # come back, ask for more. (Counting the collection instead took 15 ms per search at 100k papers.)
             vector, size = vector if vector is not None else self.embed([query])[0], n + DENSE_SLACK
             while True:
-                ranked = self.vectors.query(vector, size)
+                try:
+                    ranked = self.vectors.query(vector, size)
+                except VectorStoreError as e:  # Chroma down: BM25 needs none of it
+                    self.vector_error = str(e)
+                    raise VectorStoreError(f"{e}; search mode bm25 works without Chroma") from None
+                self.vector_error = None
                 shown = self.catalog.visible([pid for pid, _ in ranked])
                 found = [(pid, score, "") for pid, score in ranked if pid in shown]
                 if len(found) >= n or len(ranked) < size:  # enough, or nothing more in the collection

@@ -42,7 +42,8 @@ def split_sentences(text: str) -> list[str]:
         if not (following.isupper() or following.isdigit() or following in "([\"'"):  # a capital of any script
             continue
         piece = text[start : m.start()].rstrip()
-        last_word = re.search(r"([^\W\d_.][\w.]*)\.$", piece)
+        # the last 20 characters hold any abbreviation; the whole piece made this search quadratic ("a.a.a...")
+        last_word = re.search(r"([^\W\d_.][\w.]*)\.$", piece[-20:])
         if last_word and last_word.group(1).lower().rstrip(".") in ABBREVIATIONS:
             continue
         if len(piece) < 2:

@@ -5,8 +5,9 @@
     GET  /v1/models             POST /v1/search      GET /v1/papers/{id}      GET /healthz      GET /docs
     POST /v1/admin/llm          POST /v1/admin/files (admin keys only)
 
-Errors are OpenAI-shaped, one line: {"error": {"message", "type", "code"}}. Keys come as `Authorization: Bearer KEY`
-(rag.access); nothing here logs a key or a request header.
+Errors are OpenAI-shaped, one line: {"error": {"message", "type", "code"}}, unknown /v1 routes included. Keys come as
+`Authorization: Bearer KEY` (rag.access); nothing here logs a key or a request header. The Host, cross-site and
+body-size checks run before any route (rag.gate); a question is checked (rag.limits) before any work is done for it.
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from rag.access import ADMIN, Keys
 from rag.answer import Answer, AnswerStream, references_block
 from rag.corpus import CorpusError
+from rag.gate import error_body, guard
+from rag.limits import QuestionError, check_question
 from rag.llm import LOCAL_BACKENDS, admin_model
 from rag.models import ModelError
-from rag.settings import Backend, Mode, error_line
+from rag.settings import Backend, Mode, Settings, error_line
 from rag.storage import IndexingError
+from rag.vectors import VectorStoreError
 
 MODEL = "abstract-rag"
 EVIDENCE_MODEL = "abstract-rag-evidence"
@@ -42,10 +46,6 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, kind: str = "invalid_request_error", code: str | None = None):
         super().__init__(message)
         self.status, self.message, self.kind, self.code = status, message, kind, code
-
-
-def error_body(message: str, kind: str, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
 # --- request bodies --------------------------------------------------------------------------------------------
@@ -73,7 +73,7 @@ class ChatRequest(BaseModel):
 
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    query: str = Field(min_length=1, max_length=4000)
+    query: str = Field(min_length=1, description="at most RAG_MAX_QUESTION_CHARS characters")
     k: int | None = Field(None, ge=1, le=100)
     mode: Mode | None = None
 
@@ -141,8 +141,9 @@ def completion_chunks(stream: AnswerStream, model: str):
     yield "data: [DONE]\n\n"
 
 
-def parse_chat(req: ChatRequest) -> tuple[str, list[dict], bool]:
-    """(question, history, generate) from an OpenAI chat request."""
+def parse_chat(req: ChatRequest, settings: Settings) -> tuple[str, list[dict], bool]:
+    """(question, history, generate) from an OpenAI chat request, checked before any work (a stream cannot change
+    its status once it has started)."""
     if req.model not in MODELS:
         raise ApiError(
             404, f"model {req.model!r} does not exist: use {MODEL!r} or {EVIDENCE_MODEL!r}", code="model_not_found"
@@ -150,6 +151,10 @@ def parse_chat(req: ChatRequest) -> tuple[str, list[dict], bool]:
     turns = [{"role": m.role, "content": m.text()} for m in req.messages if m.role in ("user", "assistant")]
     if not turns or turns[-1]["role"] != "user" or not turns[-1]["content"].strip():
         raise ApiError(400, "the last message must be the user's question", code="invalid_messages")
+    try:
+        check_question(turns[-1]["content"], turns[:-1], settings)
+    except QuestionError as e:
+        raise ApiError(400, str(e), code=e.code) from None
     return turns[-1]["content"], turns[:-1], req.model == MODEL
 
 
@@ -200,16 +205,21 @@ def build_app(assistant, keys: Keys | None = None, ui: bool = True) -> FastAPI:
             return fn(*args, **kwargs)
         except IndexingError as e:
             raise ApiError(503, error_line(e), "server_error") from None
+        except VectorStoreError as e:  # Chroma down: BM25 search still works
+            raise ApiError(503, error_line(e, typed=False), "server_error", "vector_store_unavailable") from None
+        except QuestionError as e:
+            raise ApiError(400, str(e), code=e.code) from None
         except (CorpusError, ModelError, ValueError) as e:
-            raise ApiError(400, str(e).splitlines()[0] if str(e) else error_line(e)) from None
+            raise ApiError(400, error_line(e, typed=False) if str(e).strip() else error_line(e)) from None
         except ApiError:
             raise
         except Exception as e:
             raise ApiError(500, error_line(e), "server_error") from None
 
     @app.get("/healthz", tags=["server"])
-    def healthz():
-        """Liveness, no key needed: "ok", or "degraded" with what does not work (answers still come)."""
+    async def healthz():
+        """Liveness, no key needed: "ok", or "degraded" with what does not work (answers still come). Answered on the
+        event loop, never waiting for a worker thread that requests may all be using."""
         return assistant.health()
 
     @app.get("/v1/models", tags=["openai"], dependencies=[Depends(role)])
@@ -225,7 +235,7 @@ def build_app(assistant, keys: Keys | None = None, ui: bool = True) -> FastAPI:
     @app.post("/v1/chat/completions", tags=["openai"], dependencies=[Depends(role)])
     def chat_completions(req: ChatRequest):
         """An answer to the last user message, the earlier ones as the conversation; cited, with references."""
-        question, history, generate = parse_chat(req)
+        question, history, generate = parse_chat(req, settings)
         if req.stream:
             stream = assistant.stream(question, history, k=req.k, mode=req.mode, generate=generate)
             return StreamingResponse(completion_chunks(stream, req.model), media_type="text/event-stream")
@@ -279,6 +289,16 @@ def build_app(assistant, keys: Keys | None = None, ui: bool = True) -> FastAPI:
                 raise
         return {"file": dest.name, **report.to_dict()}
 
+    @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    def unknown_route(request: Request, path: str):
+        """Every other /v1 path: the OpenAI 404 instead of the UI's (Gradio is mounted at /); a known path with
+        another method: 405."""
+        routes = [r for r in app.routes if getattr(r, "methods", None) and r.name != "unknown_route"]
+        if any(route.path_regex.match(request.url.path) for route in routes):
+            raise ApiError(405, f"{request.method} is not allowed on {request.url.path}", code="method_not_allowed")
+        raise ApiError(404, f"Invalid URL ({request.method} {request.url.path})", code="unknown_url")
+
+    guard(app, settings, keys)
     if ui:
         import gradio as gr
 

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Backend = Literal["llamacpp", "transformers", "openai", "none"]
@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     )
 
     search_k: int = Field(10, description="Papers returned by a search.")
+    max_question_chars: int = Field(
+        4000, ge=1, description="Longest question or search query (characters); a longer one is refused with one line."
+    )
+    max_question_parts: int = Field(
+        8, ge=1, description='Most separate asks in one question ("..., and how ...?"); more are refused.'
+    )
     search_mode: Mode = Field("hybrid", description="Retrieval: hybrid (dense + BM25, score fusion), dense or bm25.")
     candidates: int = Field(40, description="Chunks each retriever returns before fusion.")
     dense_weight: float = Field(0.4, description="Weight of dense scores in hybrid fusion (BM25 gets the rest).")
@@ -119,6 +125,21 @@ class Settings(BaseSettings):
         None, description="Comma-separated admin keys: also change the server's LLM and add corpus files."
     )
     keys_file: Path | None = Field(None, description="File of more keys, one 'user KEY' or 'admin KEY' per line.")
+    allowed_hosts: str = Field(
+        "",
+        description="Comma-separated host names the server answers to (the Host header; '*' = any), e.g. the name a "
+        "reverse proxy serves it under; empty = the loopback names without keys, any host with keys.",
+    )
+
+    @field_validator("openai_base_url", "chroma_url")
+    @classmethod
+    def no_credentials_in_url(cls, url: str, info) -> str:
+        """user:pass@ in an endpoint URL is refused: httpx would send it as Basic auth instead of the key (openai)
+        or it would be dropped (chroma), and a URL is shown in errors and status lines."""
+        if URL_USERINFO.search(url):
+            instead = {"openai_base_url": "RAG_OPENAI_API_KEY"}.get(info.field_name, "RAG_CHROMA_TOKEN")
+            raise ValueError(f"credentials in the URL ({mask_url(url)}) are not used: remove them and set {instead}")
+        return url
 
     def masked(self) -> dict:
         """Effective settings as plain values, secrets shown as '***'."""
@@ -134,15 +155,36 @@ class Settings(BaseSettings):
         return out
 
 
-URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+# The user-info part of a URL: everything between "://" and the last "@" before the host ends (a password may hold
+# "@"). Linear: one scan from each "://", which cannot overlap the next.
+URL_USERINFO = re.compile(r"(?<=://)[^/?#\s]*@")
+# Query parameters (name=value) and the names that carry a secret: ?api_key=..., &token=..., &sig=...
+QUERY_PARAMETER = re.compile(r"([?&][\w.-]*=)([^&#\s]*)")
+SECRET_NAME = re.compile(r"key|token|secret|passw(?:or)?d|pwd|auth|sig|credential", re.I)
 
 
 def mask_url(text: str) -> str:
-    """Text with the credentials of any URL in it (`scheme://user:pass@host`) replaced by '***@'."""
-    return URL_CREDENTIALS.sub("***@", text)
+    """Text with the secrets of any URL in it masked: credentials (`scheme://user:pass@host` -> `scheme://***@host`)
+    and key-like query parameters (`?api_key=...` -> `?api_key=***`). The one masking function: every error, status
+    line and log that may show a setting or a URL goes through it (directly or through `error_line`)."""
+    text = URL_USERINFO.sub("***@", text)
+    return QUERY_PARAMETER.sub(lambda m: m[1] + "***" if SECRET_NAME.search(m[1]) and m[2] else m[0], text)
 
 
-def error_line(error: BaseException) -> str:
-    """An error as one line for any user-facing message or log: its type, its first line, URL credentials masked."""
-    text = str(error).strip().splitlines()
-    return mask_url(f"{type(error).__name__}: {text[0][:200].rstrip('.')}" if text else type(error).__name__)
+def error_line(error: BaseException, typed: bool = True) -> str:
+    """An error as one line for any user-facing message or log: its type (unless `typed` is False: for the project's
+    own errors, whose message is written for users), its first line, URL secrets masked. A settings error names the
+    RAG_* variable and never echoes the value."""
+    if isinstance(error, ValidationError) and error.errors():
+        first = error.errors(include_input=False, include_url=False)[0]
+        message = first["msg"].removeprefix("Value error, ")
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        if error.title == "Settings" and where:
+            where = f"RAG_{where.upper()}"
+        text, typed = [f"{where}: {message}" if where else message], False
+    else:
+        text = str(error).strip().splitlines()
+    if not text:
+        return type(error).__name__
+    line = text[0][:200].rstrip(".") if typed else text[0]
+    return mask_url(f"{type(error).__name__}: {line}" if typed else line)

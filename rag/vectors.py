@@ -14,15 +14,35 @@ from __future__ import annotations
 
 import json
 import urllib.parse
+from contextlib import contextmanager
 from pathlib import Path
 
-from rag.settings import Settings
+from rag.settings import Settings, error_line, mask_url
 
 ADD_BATCH = 1000  # Chroma's SQLite takes ~32k variables per statement
 
 
 class VectorStoreError(RuntimeError):
-    """Chroma cannot be reached or refused a request; the message names the setting to check."""
+    """Chroma cannot be reached or refused a request; the message names Chroma and the setting to check, one line,
+    URL credentials masked."""
+
+
+def chroma_name(settings: Settings) -> str:
+    if settings.chroma_url:
+        return f"the Chroma server at {mask_url(settings.chroma_url)} (RAG_CHROMA_URL)"
+    return "the embedded Chroma store"
+
+
+@contextmanager
+def chroma_errors(settings: Settings, doing: str):
+    """Any failure of a Chroma call as one VectorStoreError line that names Chroma (chromadb raises httpx,
+    ValueError or its own errors, none of which says which service failed)."""
+    try:
+        yield
+    except VectorStoreError:
+        raise
+    except Exception as e:
+        raise VectorStoreError(f"{chroma_name(settings)} failed {doing}: {error_line(e)}") from None
 
 
 def client(settings: Settings, store_path: Path):
@@ -32,7 +52,7 @@ def client(settings: Settings, store_path: Path):
         return chromadb.PersistentClient(path=str(store_path / "chroma"), settings=chroma_settings(settings))
     url = urllib.parse.urlparse(settings.chroma_url)
     if url.scheme not in ("http", "https") or not url.hostname:
-        raise VectorStoreError(f"RAG_CHROMA_URL={settings.chroma_url!r} is not an http(s) URL")
+        raise VectorStoreError(f"RAG_CHROMA_URL={mask_url(settings.chroma_url)!r} is not an http(s) URL")
     headers = {}
     if settings.chroma_headers:
         try:
@@ -51,7 +71,7 @@ def client(settings: Settings, store_path: Path):
         )
     except Exception as e:  # chromadb raises ValueError / httpx errors for an unreachable server
         raise VectorStoreError(
-            f"cannot reach the Chroma server at {settings.chroma_url} (RAG_CHROMA_URL): {e}"
+            f"cannot reach the Chroma server at {mask_url(settings.chroma_url)} (RAG_CHROMA_URL): {error_line(e)}"
         ) from None
 
 
@@ -69,21 +89,27 @@ class PaperVectors:
     """The paper-vector collection of one store."""
 
     def __init__(self, settings: Settings, store_path: Path, store: str):
+        self.settings = settings
         self.client = client(settings, store_path)
         self.name = collection_name(store)
-        self.collection = self.client.get_or_create_collection(self.name, metadata={"hnsw:space": "cosine"})
+        with chroma_errors(settings, "to open the paper vectors"):
+            self.collection = self.client.get_or_create_collection(self.name, metadata={"hnsw:space": "cosine"})
 
     def upsert(self, ids: list[str], vectors: list) -> None:
-        for start in range(0, len(ids), ADD_BATCH):
-            self.collection.upsert(ids=ids[start : start + ADD_BATCH], embeddings=vectors[start : start + ADD_BATCH])
+        with chroma_errors(self.settings, "to store paper vectors"):
+            for start in range(0, len(ids), ADD_BATCH):
+                batch = slice(start, start + ADD_BATCH)
+                self.collection.upsert(ids=ids[batch], embeddings=vectors[batch])
 
     def delete(self, ids: list[str]) -> None:
-        for start in range(0, len(ids), ADD_BATCH):
-            self.collection.delete(ids=ids[start : start + ADD_BATCH])
+        with chroma_errors(self.settings, "to delete paper vectors"):
+            for start in range(0, len(ids), ADD_BATCH):
+                self.collection.delete(ids=ids[start : start + ADD_BATCH])
 
     def query(self, vector: list[float], n: int) -> list[tuple[str, float]]:
         """(paper id, cosine similarity) best first; fewer than n when the collection holds fewer."""
-        got = self.collection.query(query_embeddings=[vector], n_results=n, include=["distances"])
+        with chroma_errors(self.settings, "to search the paper vectors"):
+            got = self.collection.query(query_embeddings=[vector], n_results=n, include=["distances"])
         return [(pid, 1.0 - dist) for pid, dist in zip(got["ids"][0], got["distances"][0])]
 
 

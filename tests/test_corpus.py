@@ -25,6 +25,9 @@ def merge(papers):
         return [p for part in incoming.papers() for p in part], notes
 
 
+OK = json.dumps({"title": "A good record", "abstract": ABSTRACT}) + "\n"
+
+
 def write(tmp_path, name, text, mode="w"):
     path = tmp_path / name
     if mode == "wb":
@@ -123,6 +126,12 @@ def test_json_array_jsonl_and_arxiv_snapshot(tmp_path):
         ("m.bib", "@article{k, title={T}}\n", r"no BibTeX entries with an abstract \(1 entries"),
         ("m.bib", "@article{k, title={T}, abstract={unbalanced\n", r"m.bib:1: malformed entry"),
         ("m.pdf", "whatever", r"unsupported file type '.pdf'"),
+        # nesting: once a 500 naming no file (RecursionError), or a title shown as "{'en': ...}"
+        ("m.jsonl", OK + '{"title": "T", "abstract": ' + "[" * 5000 + "]" * 5000 + "}\n", r"m.jsonl:2: JSON nested"),
+        ("m.json", "[\n" + OK + "," + "[" * 5000 + "]" * 5000 + "\n]", r"m.json:3: JSON nested more than 20 deep"),
+        ("m.jsonl", OK + json.dumps({"title": {"en": "T"}, "abstract": ABSTRACT}), r"m.jsonl:2: 'title' is a JSON obj"),
+        ("m.jsonl", json.dumps({"title": "T", "abstract": [ABSTRACT]}), r"m.jsonl:1: 'abstract' is a list, not text"),
+        ("m.jsonl", json.dumps({"title": "T", "abstract": ABSTRACT, "authors": [{"name": "A"}]}), r":1: 'authors'"),
     ],
 )
 def test_structured_format_errors(tmp_path, name, text, match):

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import pytest
 
+from rag.access import Keys
 from rag.answer import Answer, AnswerStream
 from rag.corpus import CorpusError
 from rag.evidence import Evidence
 from rag.index import IndexReport
+from rag.limits import check_text
 from rag.search import Hit
 from rag.settings import Settings
 from ui import app, render
@@ -210,6 +213,33 @@ def test_answer_notices_show_as_one_line(tmp_path):
 def test_empty_question_does_nothing(fake):
     (update,) = run_chat(fake, "   ")
     assert "Type a question" in update[3] and not fake.calls
+
+
+def test_a_refused_question_is_one_line_and_adds_no_turn(fake):
+    earlier = run_chat(fake)[-1][2]
+    calls = len(fake.calls)
+    (update,) = run_chat(fake, "How many steps does it need? " * 150, turns=earlier)
+    chatbot, _, turns, notice, *_ = update
+    assert "at most 4,000 (RAG_MAX_QUESTION_CHARS)" in notice and notice.count("<div") == 1 and "rag-error" in notice
+    assert turns == earlier and len(fake.calls) == calls  # nothing asked, the conversation as it was
+    fake.search = lambda *a, **kw: check_text("x" * 4001, "the query", 4000)  # what Assistant.search does
+    assert app.search(fake, "x" * 4001, 5, "bm25").count("at most 4,000 (RAG_MAX_QUESTION_CHARS)") == 1
+
+
+def test_a_session_belongs_to_the_login_that_opened_it(fake):
+    """Gradio keys session state by a hash the browser sends: another login sending it gets nothing and changes
+    nothing."""
+    keys = Keys(Settings(api_keys="ann-key,bob-key"))
+    ann, bob = SimpleNamespace(username="ann"), SimpleNamespace(username="bob")
+    mine = list(app.owned_chat(fake, keys, "How much of the gap?", [], 5, "bm25", None, ann))
+    turns, owner = mine[-1][2], mine[-1][6]
+    assert owner == "ann" and len(turns) == 1  # the first question claims a session no page load claimed
+    calls = len(fake.calls)
+    (theirs,) = app.owned_chat(fake, keys, "What did ann ask?", turns, 5, "bm25", owner, bob)
+    assert all(isinstance(update, type(gr.skip())) for update in theirs) and len(theirs) == 7
+    assert len(fake.calls) == calls
+    assert list(app.owned_chat(fake, keys, "And then?", turns, 5, "bm25", owner, ann))[-1][6] == "ann"
+    assert app.another_login(keys, "ann", bob) and not app.another_login(Keys(Settings()), "ann", bob)
 
 
 def test_clear_resets_the_conversation():

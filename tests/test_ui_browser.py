@@ -1,6 +1,7 @@
 """End to end: the real app (bundled corpus, embedding model and LLM) in headless Chromium, and its API.
 
-One app per module, on a copy of the session's bundled index plus two papers with markup in their titles.
+One app per module (as `rag serve` serves it, without keys), on a copy of the session's bundled index plus two papers
+with markup in their titles.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from rag.assistant import Assistant
+from rag.server import build_app
 from rag.settings import Settings
-from tests.live import PROXY, QUESTION, free_port
-from ui.app import build_ui
+from tests.live import PROXY, QUESTION, running
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -62,11 +63,8 @@ def app(bundled_index, tmp_path_factory):
         f"\ncold start (server side): {time.perf_counter() - started:.1f} s for a whole answer, first text at "
         f"{warm.timings.get('first_text', 0):.1f} s"
     )
-    port = free_port()
-    demo = build_ui(assistant)
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
-    yield f"http://127.0.0.1:{port}/", assistant
-    demo.close()
+    with running(build_app(assistant)) as url:  # what `rag serve` serves: the API beside it, its Host and origin checks
+        yield f"{url}/", assistant
 
 
 @pytest.fixture(scope="module")

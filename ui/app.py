@@ -20,6 +20,7 @@ import gradio as gr
 from rag.access import ADMIN, Keys
 from rag.answer import Answer
 from rag.corpus import SUFFIXES, CorpusError
+from rag.limits import QuestionError, check_question
 from rag.llm import LOCAL_BACKENDS, admin_model
 from rag.settings import Backend, Mode, error_line
 from rag.storage import uploads_dir
@@ -35,6 +36,7 @@ BACKENDS = list(get_args(Backend))
 MODES = list(get_args(Mode))
 EXPORT_DIR = Path(tempfile.gettempdir()) / "abstract-rag-exports"
 ADMIN_ONLY = "Only an admin can {}: log in with the user name 'admin' and an admin key."
+NOT_YOURS = "This browser session belongs to another login."
 
 
 class UploadError(ValueError):
@@ -57,6 +59,11 @@ def chat(assistant, question: str, turns: list[Answer], k: int, mode: str):
 
     Any failure ends the turn with one readable line (in the notice line and the chat), never a stack trace.
     """
+    try:
+        check_question(question or "", history_of(turns or []), assistant.settings)
+    except QuestionError as e:  # refused before anything shows as asked; the conversation stays as it was
+        yield gr.skip(), gr.skip(), turns, render.line(str(e), "error"), gr.skip(), gr.skip()
+        return
     question = " ".join((question or "").split())
     if not question:
         yield gr.skip(), gr.skip(), turns, render.line("Type a question first."), gr.skip(), gr.skip()
@@ -82,6 +89,24 @@ def chat(assistant, question: str, turns: list[Answer], k: int, mode: str):
         answer.notices.append(f"Cannot show the abstracts: {error_line(e)}")
     notice = render.line(" · ".join(answer.notices), kind) if answer.notices else ""
     yield render.chat_messages(turns), sources, turns, notice, gr.skip(), export_file(turns)
+
+
+def another_login(keys: Keys | None, owner: str | None, request) -> bool:
+    """Whether this browser session's conversation belongs to another login than the request's. Gradio keeps a
+    session's state by the session hash the browser chose, whoever sends it; with logins on, the conversation belongs
+    to the login that opened the session (set on page load, or by its first question)."""
+    return keys is not None and not keys.open and owner is not None and owner != getattr(request, "username", None)
+
+
+def owned_chat(assistant, keys: Keys | None, question: str, turns: list[Answer], k, mode, owner, request):
+    """`chat` for the session's own login: an event sent with another login's session hash changes and shows
+    nothing. Yields chat's updates plus the owner."""
+    if another_login(keys, owner, request):
+        yield (gr.skip(),) * 7
+        return
+    owner = owner or getattr(request, "username", None)
+    for update in chat(assistant, question, turns, k, mode):
+        yield (*update, owner)
 
 
 def export_file(turns: list[Answer]):
@@ -139,6 +164,8 @@ def search(assistant, query: str, k: int, mode: str) -> str:
         return render.search_html(
             query or "", assistant.search(query or "", k=int(k) if k else None, mode=mode or None)
         )
+    except QuestionError as e:
+        return render.line(str(e), "error")
     except Exception as e:
         return render.line(f"Search failed: {error_line(e)}", "error")
 
@@ -209,10 +236,11 @@ def add_corpus(assistant, file, progress=gr.Progress(track_tqdm=True), admin: bo
                 dest.unlink(missing_ok=True)
             raise
         message = render.line(f"Added {dest.name}: {report.new} new papers. Index now {report.summary()}", "ok")
-    except CorpusError as e:
-        message = render.line(f"Rejected: {str(e).replace(str(dest), dest.name) if dest else e}", "error")
+    except (CorpusError, UploadError) as e:
+        text = error_line(e, typed=False)
+        message = render.line(f"Rejected: {text.replace(str(dest), dest.name) if dest else text}", "error")
     except Exception as e:
-        message = render.line(f"Rejected: {e}" if isinstance(e, UploadError) else f"Failed: {error_line(e)}", "error")
+        message = render.line(f"Failed: {error_line(e)}", "error")
     return message, sources_rows(assistant), status_html(assistant)
 
 
@@ -243,6 +271,7 @@ def build_ui(assistant, keys: Keys | None = None) -> gr.Blocks:
         )
         status = gr.HTML(partial(status_html, assistant), js_on_load=None)
         turns = gr.State([])
+        owner = gr.State(None)  # the login this session's conversation belongs to (see owned_chat)
         with gr.Tabs():
             with gr.Tab("Ask"):
                 with gr.Row(equal_height=False):
@@ -307,10 +336,18 @@ def build_ui(assistant, keys: Keys | None = None) -> gr.Blocks:
                     interactive=False,
                 )
 
+        def on_chat(question_value, turns_value, k_value, mode_value, owner_value, request: gr.Request):
+            yield from owned_chat(
+                assistant, keys, question_value, turns_value, k_value, mode_value, owner_value, request
+            )
+
+        def on_clear(owner_value, request: gr.Request):
+            return (gr.skip(),) * 6 if another_login(keys, owner_value, request) else clear()
+
         chat_io = dict(
-            fn=partial(chat, assistant),
-            inputs=[question, turns, k, mode],
-            outputs=[chatbot, sources, turns, notice, question, export],
+            fn=on_chat,
+            inputs=[question, turns, k, mode, owner],
+            outputs=[chatbot, sources, turns, notice, question, export, owner],
             concurrency_limit=4,
         )
         question.submit(**chat_io, api_name="chat", api_visibility="undocumented")
@@ -319,7 +356,7 @@ def build_ui(assistant, keys: Keys | None = None) -> gr.Blocks:
             **chat_io, api_visibility="private"
         )
         for event in (clear_btn.click, chatbot.clear):  # the chatbot's own trash icon clears the conversation too
-            event(clear, None, [chatbot, sources, turns, notice, question, export], api_visibility="private")
+            event(on_clear, owner, [chatbot, sources, turns, notice, question, export], api_visibility="private")
         for event in (backend.input, model.submit, model.blur):
             event(on_configure, [backend, model], [status, notice], api_visibility="private")
 
@@ -356,12 +393,14 @@ def build_ui(assistant, keys: Keys | None = None) -> gr.Blocks:
             except Exception as e:
                 raise gr.Error(error_line(e)) from None
 
-        def on_load(request: gr.Request):
-            """Admin-only controls are shown read-only to the other sessions (their handlers check again)."""
+        def on_load(owner_value, request: gr.Request):
+            """Admin-only controls are shown read-only to the other sessions (their handlers check again); the
+            session's conversation belongs to the login that opened it."""
             admin = is_admin(request)
-            return gr.update(interactive=admin), gr.update(interactive=admin), gr.update(interactive=admin)
+            read_only = gr.update(interactive=admin)
+            return read_only, read_only, read_only, owner_value or getattr(request, "username", None)
 
-        demo.load(on_load, None, [backend, model, upload], api_visibility="private")
+        demo.load(on_load, owner, [backend, model, upload, owner], api_visibility="private")
 
         gr.api(api_ask, api_name="ask", concurrency_limit=4)
         gr.api(api_search, api_name="search", concurrency_limit=4)
