@@ -67,9 +67,9 @@ def test_incremental_reindex(corpus, isolated_index, monkeypatch, chroma_mode):
     import rag.index
 
     embedded = []
-    real_embed = rag.index.embed_sentences
+    real_embed = rag.index.embed_papers
     monkeypatch.setattr(
-        rag.index, "embed_sentences", lambda papers, *a: (embedded.extend(papers), real_embed(papers, *a))[1]
+        rag.index, "embed_papers", lambda papers, *a: (embedded.extend(papers), real_embed(papers, *a))[1]
     )
 
     again = build_index(settings, progress=False)
@@ -163,7 +163,7 @@ def test_interrupted_build_leaves_the_previous_index(corpus, isolated_index, mon
 
     import rag.index
 
-    real_embed, calls = rag.index.embed_sentences, []
+    real_embed, calls = rag.index.embed_papers, []
 
     def killed_on_third_batch(papers, *args):
         calls.append(len(papers))
@@ -171,7 +171,7 @@ def test_interrupted_build_leaves_the_previous_index(corpus, isolated_index, mon
             raise KeyboardInterrupt
         return real_embed(papers, *args)
 
-    monkeypatch.setattr(rag.index, "embed_sentences", killed_on_third_batch)
+    monkeypatch.setattr(rag.index, "embed_papers", killed_on_third_batch)
     with pytest.raises(KeyboardInterrupt):
         build_index(settings, progress=False)
     assert storage.live_version(isolated_index) == before
@@ -182,7 +182,7 @@ def test_interrupted_build_leaves_the_previous_index(corpus, isolated_index, mon
 
     calls.clear()
     monkeypatch.setattr(
-        rag.index, "embed_sentences", lambda papers, *a: (calls.append(len(papers)), real_embed(papers, *a))[1]
+        rag.index, "embed_papers", lambda papers, *a: (calls.append(len(papers)), real_embed(papers, *a))[1]
     )
     report = build_index(settings, progress=False)
     assert report.changed == 10 and len(calls) == 3  # 2 of 5 batches were written before the kill: not redone
@@ -233,10 +233,10 @@ def test_sigkill_mid_embedding_then_next_build_finishes(tmp_path, isolated_index
 
     import rag.index
 
-    embedded, real_embed = set(), rag.index.embed_sentences
+    embedded, real_embed = set(), rag.index.embed_papers
     monkeypatch.setattr(
         rag.index,
-        "embed_sentences",
+        "embed_papers",
         lambda papers, *a: (embedded.update(p.id for p in papers), real_embed(papers, *a))[1],
     )
     report = build_index(Settings(), progress=False)
