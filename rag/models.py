@@ -317,6 +317,24 @@ class TransformersEmbedding:
         vectors = (out * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return torch.nn.functional.normalize(vectors.float(), dim=-1).tolist()
 
+    def encode_with_spans(self, texts: list[str], spans: list[list[tuple[int, int]]]) -> tuple[list, list]:
+        """As OnnxEmbedding.encode_with_spans: text vectors and, from the same pass, each character span's vector."""
+        torch = self.torch
+        with self._lock:
+            batch = self.tokenizer(
+                texts,
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+                return_offsets_mapping=True,
+                return_special_tokens_mask=True,
+            )
+        offsets, special = batch.pop("offset_mapping").tolist(), batch.pop("special_tokens_mask").tolist()
+        with torch.inference_mode(), bf16_if_fast():
+            out = self.model(**batch).last_hidden_state
+        return pool_spans(out.float().numpy(), batch["attention_mask"].numpy(), offsets, special, spans)
+
 
 def bf16_if_fast():
     """bfloat16 autocast where the CPU computes it natively (AVX512-BF16/AMX): 1.75x faster than float32 here,
