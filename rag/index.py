@@ -449,12 +449,15 @@ def embed_papers(papers: list[Paper], nodes: list, embedder, settings: Settings,
     evidence scoring splits them), or {} when RAG_SENTENCE_VECTORS is off.
 
     Stored sentence vectors spare embedding the evidence when a question is asked (first answer text 10x sooner on
-    the dev set). RAG_SENTENCE_EMBEDDING=pooled (late chunking): the chunk's forward pass gives them, each the
-    mean of the chunk's token outputs over the sentence's tokens, so they cost no second pass (a sentence found in
-    no chunk is embedded alone); isolated: every sentence is embedded alone, as much embedding again as the chunks
-    (bundled corpus ×1.5 the time). An embedding server gives no token outputs: isolated there. Paper vectors are
-    not made from sentence vectors: their mean lost dev multi-question Recall@10 (0.897 against 0.956 with hybrid
-    search) and SciFact dense nDCG@10 (0.592 against 0.649).
+    the dev set). RAG_SENTENCE_EMBEDDING=isolated (the default): every sentence is embedded alone, as much
+    embedding again as the chunks. pooled (late chunking): the chunk's forward pass gives them, each the mean of the
+    chunk's token outputs over the sentence's tokens, so they cost no second pass (a sentence found in no chunk is
+    embedded alone); measured on the dev set they select evidence a little worse (README "Index at scale": within
+    a paper, pooled sentence vectors are alike, cosine 0.71 on average against 0.41 alone, so the sentence
+    answering the second part of a question stops standing out). An embedding server gives no token outputs: its
+    sentences are embedded alone. Paper vectors are not made from sentence vectors: their mean lost dev
+    multi-question Recall@10 (0.897 against 0.956 with hybrid search) and SciFact dense nDCG@10 (0.592 against
+    0.649).
     """
     texts = [node_text(n) for n in nodes]
     # texts in flight: a server's requests, or local runs (each of embed_batch_size / parallel texts)

@@ -328,8 +328,8 @@ def test_without_sentence_vectors_answers_embed_the_evidence_when_asked(corpus, 
 
 @pytest.mark.parametrize("how", ["pooled", "isolated"])
 def test_sentence_vectors_come_from_the_chunk_pass_unless_isolated(corpus, isolated_index, monkeypatch, how):
-    """Pooled (the default): one forward pass per chunk gives the chunk's vector and its sentences' vectors, so no
-    sentence is embedded alone; isolated: each sentence is embedded alone too. Either way every sentence has a
+    """Pooled: one forward pass per chunk gives the chunk's vector and its sentences' vectors, so no sentence is
+    embedded alone; isolated (the default): each sentence is embedded alone too. Either way every sentence has a
     stored unit vector and answers quote the answering sentence."""
     import numpy as np
 
