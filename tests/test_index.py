@@ -359,9 +359,9 @@ def test_sentence_vectors_come_from_the_chunk_pass_unless_isolated(corpus, isola
     assert answer.evidence[0].title == PROXY and "88%" in answer.evidence[0].quote
 
 
-def test_embedding_runs_are_sorted_by_tokens_and_padded_to_their_own_longest(monkeypatch):
-    """embed_texts: each run holds texts of neighbouring token counts (a run is padded to its longest only), the
-    runs cover every text once, and the vectors come back in the caller's order."""
+def test_embedding_runs_hold_texts_of_neighbouring_lengths(monkeypatch):
+    """embed_texts: each run holds texts of neighbouring lengths (a run is padded to its longest only), the runs
+    cover every text once, and the vectors come back in the caller's order."""
     import numpy as np
 
     from rag.index import embed_texts
@@ -373,7 +373,7 @@ def test_embedding_runs_are_sorted_by_tokens_and_padded_to_their_own_longest(mon
     real = type(embedder).encode
     monkeypatch.setattr(type(embedder), "encode", lambda self, part: (runs.append(part), real(self, part))[1])
     vectors, _ = embed_texts(texts, embedder, 16)
-    lengths = sorted(([len(embedder.token_ids(t)) for t in run] for run in runs), key=min)  # runs end in any order
+    lengths = sorted(([len(t) for t in run] for run in runs), key=min)  # runs finish in any order
     assert sorted(t for run in runs for t in run) == sorted(texts) and max(len(r) for r in runs) == 16 // 2
     assert all(max(a) <= min(b) for a, b in zip(lengths, lengths[1:]))
     alone = np.asarray(real(embedder, texts))
