@@ -144,8 +144,8 @@ def derived_vectors(vectors_path: str) -> DerivedVectors:
 
 
 def vector_assigner(vectors_path: str):
-    """A stand-in for rag.index.embed_nodes that sets each chunk's vector from vectors.npz (same signature): a
-    bundled paper's chunks get its real paper vector (so its mean is the real one), a synthetic paper's chunks its
+    """The chunk half of a stand-in for rag.index.embed_papers: each chunk's vector from vectors.npz: a bundled
+    paper's chunks get its real paper vector (so its mean is the real one), a synthetic paper's chunks its
     derived vector plus noise, any other paper (added by the bench) a noisy copy of a random real paper's vector."""
     vectors = derived_vectors(vectors_path)
     rng = np.random.default_rng(SEED)
@@ -165,7 +165,7 @@ def vector_assigner(vectors_path: str):
 
 
 def sentence_assigner(vectors_path: str):
-    """A stand-in for rag.index.embed_sentences (same signature): each sentence of a paper gets the paper's vector
+    """The sentence half of a stand-in for rag.index.embed_papers: each sentence of a paper gets the paper's vector
     from vectors.npz (a random real paper's for papers the bench adds) plus noise, so the stored sentence vectors
     take the disk space and write time real ones take."""
     from rag.sentences import split_sentences
@@ -188,3 +188,15 @@ def sentence_assigner(vectors_path: str):
         return out
 
     return embed_sentences
+
+
+def paper_assigner(vectors_path: str):
+    """A stand-in for rag.index.embed_papers (same signature): chunk vectors as `vector_assigner`, sentence vectors
+    as `sentence_assigner` sets them."""
+    embed_nodes, embed_sentences = vector_assigner(vectors_path), sentence_assigner(vectors_path)
+
+    def embed_papers(papers: list, nodes: list, embedder, settings, advance=None) -> dict[str, list]:
+        embed_nodes(nodes, embedder, settings.embed_batch_size)
+        return embed_sentences(papers, embedder, settings.embed_batch_size) if settings.sentence_vectors else {}
+
+    return embed_papers

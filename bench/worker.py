@@ -205,8 +205,7 @@ def scale_build(corpus_dir: str, index_dir: str, vectors: str) -> dict:
     import rag.index
     from rag.settings import Settings
 
-    rag.index.embed_nodes = synth.vector_assigner(vectors)
-    rag.index.embed_sentences = synth.sentence_assigner(vectors)
+    rag.index.embed_papers = synth.paper_assigner(vectors)
     imported = time.perf_counter()
     report = rag.index.build_index(Settings(index_dir=Path(index_dir)), [corpus_dir], progress=False)
     return {
@@ -224,8 +223,7 @@ def scale_add(corpus_dir: str, index_dir: str, vectors: str, n: str) -> dict:
     import rag.index
     from rag.settings import Settings
 
-    rag.index.embed_nodes = synth.vector_assigner(vectors)
-    rag.index.embed_sentences = synth.sentence_assigner(vectors)
+    rag.index.embed_papers = synth.paper_assigner(vectors)
     path = Path(corpus_dir) / f"added-{n}.jsonl"
     synth.write_jsonl(path, synth.add_records(int(n), serial=int(n)))
     t = time.perf_counter()

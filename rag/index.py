@@ -57,9 +57,11 @@ class IndexReport:
         return asdict(self)
 
     def summary(self) -> str:
+        embedded = self.new + self.changed
+        rate = f", {embedded / self.seconds:.1f} papers/s" if embedded and self.seconds else ""
         return (
             f"{self.papers} papers, {self.chunks} chunks: {self.new} new, {self.changed} changed, "
-            f"{self.removed} removed in {self.seconds:.1f} s ({self.index_dir})"
+            f"{self.removed} removed in {self.seconds:.1f} s{rate} ({self.index_dir})"
         )
 
 
@@ -84,35 +86,45 @@ def source_label(path: str | Path, index_dir: Path) -> str:
 
 
 def read_sources(
-    sources: list[str], skip_bad: bool, index_dir: Path, known: dict[str, list[int]], incoming: Incoming
+    sources: list[str],
+    skip_bad: bool,
+    index_dir: Path,
+    known: dict[str, list[int]],
+    incoming: Incoming,
+    progress: bool = False,
 ) -> tuple[list[str], dict[str, list[int]]]:
-    """Parse every file of the sources into `incoming`, a paper at a time; returns (bad-file lines, {file label:
+    """Parse every file of the sources into `incoming`, a paper at a time, with a progress bar on stderr (papers
+    read and papers/s: how many a file holds is not known before it is read); returns (bad-file lines, {file label:
     fingerprint} of the files read). Raises CorpusError.
 
     Files whose fingerprint (size, mtime) equals the one in `known` are not parsed: adding one file to a large index
     does not re-read every other one (at 10k synthetic abstracts, parsing was 83% of adding one paper).
     """
+    from tqdm import tqdm
+
     bad, files = [], {}
-    for source in sources:
-        root = resolve_source(source, index_dir)
-        for path in corpus_files([root]):
-            shown = source if path == root else f"{source}/{path.relative_to(root).as_posix()}"
-            stat = path.stat()
-            fingerprint = [stat.st_size, stat.st_mtime_ns]
-            if known.get(shown) == fingerprint:
-                files[shown] = fingerprint
-                continue
-            start = incoming.seq
-            try:
-                for paper in read_papers(path):
-                    paper.source = shown  # distinct for same-named files in different folders
-                    incoming.add(paper)
-                files[shown] = fingerprint
-            except CorpusError as e:
-                if not skip_bad:
-                    raise
-                incoming.discard_after(start)  # the papers read before the error: the whole file is skipped
-                bad.append(str(e))
+    with tqdm(desc="Reading", unit="paper", disable=not progress, file=sys.stderr, smoothing=0, delay=0.5) as bar:
+        for source in sources:
+            root = resolve_source(source, index_dir)
+            for path in corpus_files([root]):
+                shown = source if path == root else f"{source}/{path.relative_to(root).as_posix()}"
+                stat = path.stat()
+                fingerprint = [stat.st_size, stat.st_mtime_ns]
+                if known.get(shown) == fingerprint:
+                    files[shown] = fingerprint
+                    continue
+                start = incoming.seq
+                try:
+                    for paper in read_papers(path):
+                        paper.source = shown  # distinct for same-named files in different folders
+                        incoming.add(paper)
+                        bar.update()
+                    files[shown] = fingerprint
+                except CorpusError as e:
+                    if not skip_bad:
+                        raise
+                    incoming.discard_after(start)  # the papers read before the error: the whole file is skipped
+                    bad.append(str(e))
     return bad, files
 
 
@@ -219,7 +231,7 @@ def build_index(
         known = {} if rebuild or not live else unchanged_files(live, sources, index_dir)
         present = [s for s in sources if s not in missing]
         with Incoming(index_dir / INCOMING) as incoming:
-            report.bad_files, files = read_sources(present, skip_bad, index_dir, known, incoming)
+            report.bad_files, files = read_sources(present, skip_bad, index_dir, known, incoming, progress)
             if known:  # the indexed papers the new ones may repeat or replace, merged first as if read first
                 reader = CatalogReader(storage.catalog_path(index_dir, live["store"]), live["generation"])
                 try:
@@ -335,18 +347,22 @@ def drop_store(settings: Settings, store: str) -> None:
 
 def write_batches(settings, batches, total: int, catalog, vectors, generation, report, progress) -> None:
     """Chunk, embed and write `batches` of papers (`total` in all), each committed (vectors first, then the catalog
-    rows that make them count), with a progress bar (count, rate, ETA) on stderr."""
+    rows that make them count), with a progress bar on stderr: papers done, papers/s and the ETA from the rate
+    measured since the start (the cost per paper is steady; tqdm's default smoothing followed the batches' noise)."""
     from tqdm import tqdm
 
     if not total:
         return
     embedder = load_embedder(settings.embed_model, settings.embed_runtime)
-    with tqdm(total=total, desc="Indexing", unit="paper", disable=not progress, file=sys.stderr) as bar:
+    if settings.embed_url:
+        embedder = remote_embedder(settings, embedder)
+    with tqdm(total=total, desc="Embedding", unit="paper", disable=not progress, file=sys.stderr, smoothing=0) as bar:
         for batch in batches:
             nodes = chunk_papers(batch, embedder, settings.chunk_tokens)
             t = time.perf_counter()
-            embed_nodes(nodes, embedder, settings.embed_batch_size)
-            sentences = embed_sentences(batch, embedder, settings.embed_batch_size) if settings.sentence_vectors else {}
+            shown = bar.n  # the bar moves as the batch's texts are embedded, not only when the batch is written
+            advance = lambda share, shown=shown, n=len(batch): bar.update(int(shown + share * n) - bar.n)  # noqa: E731
+            sentences = embed_papers(batch, nodes, embedder, settings, advance)
             report.embed_seconds += time.perf_counter() - t
             t = time.perf_counter()
             ids, means = paper_vectors(nodes)
@@ -356,7 +372,16 @@ def write_batches(settings, batches, total: int, catalog, vectors, generation, r
                 texts.setdefault(node.metadata["paper_id"], []).append((node.get_content(), node_text(node)))
             catalog.add(batch, texts, sentences, generation)
             report.store_seconds += time.perf_counter() - t
-            bar.update(len(batch))
+            bar.update(shown + len(batch) - bar.n)
+
+
+def remote_embedder(settings: Settings, local):
+    """The embedding server of RAG_EMBED_URL, checked against the local model before anything is embedded."""
+    from rag.remote import RemoteEmbedding
+
+    remote = RemoteEmbedding(settings, local)
+    remote.check()
+    return remote
 
 
 def node_text(node) -> str:
@@ -366,39 +391,104 @@ def node_text(node) -> str:
     return node.get_content(MetadataMode.EMBED)
 
 
-def embed_texts(texts: list[str], embedder, batch_size: int) -> list[list[float]]:
-    """The vectors of `texts`, in order; texts of similar length are batched together (less padding).
+def embed_texts(texts: list[str], embedder, batch_size: int, spans: list | None = None, advance=None) -> tuple:
+    """The vectors of `texts`, in order, and with `spans` (per text, character spans) the vector of each span from
+    the same forward pass (`encode_with_spans`); (vectors, span vectors or None). `advance(share)` is told the
+    share of texts done after each run.
 
-    `embedder.parallel` batches of batch_size / parallel texts run at once, so as many texts are in flight as with
-    one batch of batch_size (ONNX Runtime keeps each run's activations: same peak memory)."""
+    Texts are sorted by length and cut into runs of batch_size / parallel texts: each run is padded to its own
+    longest text only (ONNX Runtime runs a batch as one rectangle), and `embedder.parallel` runs go at once, so as
+    many texts are in flight as with one batch of batch_size (ONNX Runtime keeps each run's activations: same peak
+    memory). Sorted by characters, not tokens: on 128 bundled papers' chunks, runs sorted by characters compute
+    1.5% more tokens than runs sorted by tokens, and counting the tokens first costs more than that 1.5% of the
+    embedding (bench/embed.py; README "Index at scale")."""
     out: list = [None] * len(texts)
+    out_spans: list | None = [None] * len(texts) if spans is not None else None
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     size = max(1, batch_size // embedder.parallel)
     parts = [order[start : start + size] for start in range(0, len(order), size)]
+
+    def run(part):
+        if spans is None:
+            return embedder.encode([texts[i] for i in part]), None
+        return embedder.encode_with_spans([texts[i] for i in part], [spans[i] for i in part])
+
+    done = 0
     with ThreadPoolExecutor(embedder.parallel) as pool:
-        for part, vectors in zip(parts, pool.map(lambda part: embedder.encode([texts[i] for i in part]), parts)):
-            for i, vector in zip(part, vectors):
-                out[i] = vector
-    return out
+        for part, (vectors, span_vectors) in zip(parts, pool.map(run, parts)):
+            for k, i in enumerate(part):
+                out[i] = vectors[k]
+                if out_spans is not None:
+                    out_spans[i] = span_vectors[k]
+            done += len(part)
+            if advance:
+                advance(done / len(texts))
+    return out, out_spans
 
 
-def embed_nodes(nodes: list, embedder, batch_size: int) -> None:
-    """Set node.embedding for every node."""
-    for node, vector in zip(nodes, embed_texts([node_text(n) for n in nodes], embedder, batch_size)):
-        node.embedding = vector
+def embed_papers(papers: list[Paper], nodes: list, embedder, settings: Settings, advance=None) -> dict[str, list]:
+    """Set node.embedding for every chunk; returns paper id -> the vectors of its abstract's sentences (split as
+    evidence scoring splits them), or {} when RAG_SENTENCE_VECTORS is off.
 
-
-def embed_sentences(papers: list[Paper], embedder, batch_size: int) -> dict[str, list]:
-    """paper id -> the vectors of its abstract's sentences, split as evidence scoring splits them. Stored, so that
-    answering a question embeds the question only: the first answer text came 10x sooner on the dev set.
-
-    They cost as much embedding again as the chunks (bundled corpus: 31.6 s against 49.5 s). The paper vectors
-    are not made from them: their mean lost dev multi-question Recall@10 (0.897 against 0.956 with hybrid search)
-    and SciFact dense nDCG@10 (0.592 against 0.649).
+    Stored sentence vectors spare embedding the evidence when a question is asked (first answer text 10x sooner on
+    the dev set). RAG_SENTENCE_EMBEDDING=isolated (the default): every sentence is embedded alone, as much
+    embedding again as the chunks. pooled (late chunking): the chunk's forward pass gives them, each the mean of the
+    chunk's token outputs over the sentence's tokens, so they cost no second pass (a sentence found in no chunk is
+    embedded alone); measured on the dev set they select evidence a little worse (README "Index at scale": within
+    a paper, pooled sentence vectors are alike, cosine 0.71 on average against 0.41 alone, so the sentence
+    answering the second part of a question stops standing out). An embedding server gives no token outputs: its
+    sentences are embedded alone. Paper vectors are not made from sentence vectors: their mean lost dev
+    multi-question Recall@10 (0.897 against 0.956 with hybrid search) and SciFact dense nDCG@10 (0.592 against
+    0.649).
     """
-    texts = {p.id: split_sentences(p.abstract) for p in papers}
-    vectors = iter(embed_texts([t for p in papers for t in texts[p.id]], embedder, batch_size))
-    return {p.id: [next(vectors) for _ in texts[p.id]] for p in papers}
+    texts = [node_text(n) for n in nodes]
+    # texts in flight: a server's requests, or local runs (each of embed_batch_size / parallel texts)
+    size = settings.embed_url_batch * settings.embed_url_parallel if settings.embed_url else settings.embed_batch_size
+    sentences = {p.id: split_sentences(p.abstract) for p in papers} if settings.sentence_vectors else {}
+    found: dict[tuple[str, int], list] = {}
+    pooled = sentences and settings.sentence_embedding == "pooled" and hasattr(embedder, "encode_with_spans")
+    if pooled:
+        spans, owners = sentence_spans(nodes, texts, sentences)
+        vectors, span_vectors = embed_texts(texts, embedder, size, spans, advance)
+        for keys, pieces in zip(owners, span_vectors):
+            found.update((key, v) for key, v in zip(keys, pieces) if v is not None)
+    else:
+        share = 0.5 if sentences else 1.0  # the sentences take about as long as the chunks
+        vectors, _ = embed_texts(texts, embedder, size, advance=advance and (lambda d: advance(d * share)))
+    for node, vector in zip(nodes, vectors):
+        node.embedding = vector
+    missing = [(pid, i) for pid, parts in sentences.items() for i in range(len(parts)) if (pid, i) not in found]
+    if missing:
+        alone, _ = embed_texts(
+            [sentences[pid][i] for pid, i in missing],
+            embedder,
+            size,
+            advance=advance and not pooled and (lambda d: advance(0.5 + d / 2)),
+        )
+        found.update(zip(missing, alone))
+    return {pid: [found[(pid, i)] for i in range(len(parts))] for pid, parts in sentences.items()}
+
+
+def sentence_spans(nodes: list, texts: list[str], sentences: dict[str, list[str]]) -> tuple[list, list]:
+    """For each chunk text, the character spans of its paper's sentences found in it, and which sentence each is
+    ((paper id, index)). Chunks end on sentence boundaries, so a sentence lies within one chunk unless it alone
+    exceeds the chunk budget; every sentence of the bundled corpus is found."""
+    spans, owners, first = [], [], {}  # first: per paper, its first sentence not yet found in an earlier chunk
+    for node, text in zip(nodes, texts):
+        pid = node.metadata["paper_id"]
+        content = node.get_content()
+        pos = len(text) - len(content) if text.endswith(content) else 0  # after the "title: ..." header
+        here, keys = [], []
+        for i in range(first.get(pid, 0), len(sentences[pid])):
+            at = text.find(sentences[pid][i], pos)
+            if at >= 0:
+                here.append((at, at + len(sentences[pid][i])))
+                keys.append((pid, i))
+                pos = at + len(sentences[pid][i])
+                first[pid] = i + 1
+        spans.append(here)
+        owners.append(keys)
+    return spans, owners
 
 
 def paper_vectors(chunk_nodes: list) -> tuple[list[str], list[list[float]]]:

@@ -70,9 +70,9 @@ def test_incremental_reindex(corpus, isolated_index, monkeypatch, chroma_mode):
     import rag.index
 
     embedded = []
-    real_embed = rag.index.embed_sentences
+    real_embed = rag.index.embed_papers
     monkeypatch.setattr(
-        rag.index, "embed_sentences", lambda papers, *a: (embedded.extend(papers), real_embed(papers, *a))[1]
+        rag.index, "embed_papers", lambda papers, *a: (embedded.extend(papers), real_embed(papers, *a))[1]
     )
 
     again = build_index(settings, progress=False)
@@ -166,7 +166,7 @@ def test_interrupted_build_leaves_the_previous_index(corpus, isolated_index, mon
 
     import rag.index
 
-    real_embed, calls = rag.index.embed_sentences, []
+    real_embed, calls = rag.index.embed_papers, []
 
     def killed_on_third_batch(papers, *args):
         calls.append(len(papers))
@@ -174,7 +174,7 @@ def test_interrupted_build_leaves_the_previous_index(corpus, isolated_index, mon
             raise KeyboardInterrupt
         return real_embed(papers, *args)
 
-    monkeypatch.setattr(rag.index, "embed_sentences", killed_on_third_batch)
+    monkeypatch.setattr(rag.index, "embed_papers", killed_on_third_batch)
     with pytest.raises(KeyboardInterrupt):
         build_index(settings, progress=False)
     assert storage.live_version(isolated_index) == before
@@ -185,7 +185,7 @@ def test_interrupted_build_leaves_the_previous_index(corpus, isolated_index, mon
 
     calls.clear()
     monkeypatch.setattr(
-        rag.index, "embed_sentences", lambda papers, *a: (calls.append(len(papers)), real_embed(papers, *a))[1]
+        rag.index, "embed_papers", lambda papers, *a: (calls.append(len(papers)), real_embed(papers, *a))[1]
     )
     report = build_index(settings, progress=False)
     assert report.changed == 10 and len(calls) == 3  # 2 of 5 batches were written before the kill: not redone
@@ -236,10 +236,10 @@ def test_sigkill_mid_embedding_then_next_build_finishes(tmp_path, isolated_index
 
     import rag.index
 
-    embedded, real_embed = set(), rag.index.embed_sentences
+    embedded, real_embed = set(), rag.index.embed_papers
     monkeypatch.setattr(
         rag.index,
-        "embed_sentences",
+        "embed_papers",
         lambda papers, *a: (embedded.update(p.id for p in papers), real_embed(papers, *a))[1],
     )
     report = build_index(Settings(), progress=False)
@@ -328,6 +328,69 @@ def test_without_sentence_vectors_answers_embed_the_evidence_when_asked(corpus, 
     assert assistant.searcher.catalog.sentence_vectors(list(assistant.searcher.papers)) == {}
     answer = assistant.ask("How does proxy-tuning steer a black-box language model?")
     assert not answer.refused and answer.evidence[0].title == PROXY
+
+
+@pytest.mark.parametrize("how", ["pooled", "isolated"])
+def test_sentence_vectors_come_from_the_chunk_pass_unless_isolated(corpus, isolated_index, monkeypatch, how):
+    """Pooled: one forward pass per chunk gives the chunk's vector and its sentences' vectors, so no sentence is
+    embedded alone; isolated (the default): each sentence is embedded alone too. Either way every sentence has a
+    stored unit vector and answers quote the answering sentence."""
+    import numpy as np
+
+    from rag.models import OnnxEmbedding
+    from rag.sentences import split_sentences
+
+    seen = []
+    for method in ("encode", "encode_with_spans"):
+        real = getattr(OnnxEmbedding, method)
+        monkeypatch.setattr(
+            OnnxEmbedding, method, lambda self, texts, *a, real=real: (seen.extend(texts), real(self, texts, *a))[1]
+        )
+    settings = Settings(sentence_embedding=how, llm_backend="none")
+    build_index(settings, [corpus], progress=False)
+    papers, *_ = load_papers([str(corpus)], skip_bad=False)
+    sentences = {s for p in papers for s in split_sentences(p.abstract)}
+    chunks = [t for t in seen if t.startswith("title: ")]
+    assert len(chunks) == 17 and all(t in seen for t in sentences) == (how == "isolated")
+    assert not sentences & set(seen) if how == "pooled" else len(seen) == 17 + len(sentences)
+
+    assistant = Assistant(settings)
+    stored = assistant.searcher.catalog.sentence_vectors(list(assistant.searcher.papers))
+    for pid, paper in assistant.searcher.papers.items():
+        assert len(stored[pid]) == len(split_sentences(paper["abstract"]))
+        assert np.allclose(np.linalg.norm(stored[pid], axis=1), 1.0, atol=0.01)
+    answer = assistant.ask("How much of the gap to the truly-tuned chat model does proxy-tuning close?")
+    assert answer.evidence[0].title == PROXY and "88%" in answer.evidence[0].quote
+
+
+def test_embedding_runs_hold_texts_of_neighbouring_lengths(monkeypatch):
+    """embed_texts: each run holds texts of neighbouring lengths (a run is padded to its longest only), the runs
+    cover every text once, and the vectors come back in the caller's order."""
+    import numpy as np
+
+    from rag.index import embed_texts
+
+    papers, *_ = load_papers([str(FIXTURE_CORPUS)], skip_bad=False)
+    texts = [s for p in papers for s in p.abstract.split(". ")][:60]
+    embedder = load_embedder("bundled")
+    runs = []
+    real = type(embedder).encode
+    monkeypatch.setattr(type(embedder), "encode", lambda self, part: (runs.append(part), real(self, part))[1])
+    vectors, _ = embed_texts(texts, embedder, 16)
+    lengths = sorted(([len(t) for t in run] for run in runs), key=min)  # runs finish in any order
+    assert sorted(t for run in runs for t in run) == sorted(texts) and max(len(r) for r in runs) == 16 // 2
+    assert all(max(a) <= min(b) for a, b in zip(lengths, lengths[1:]))
+    alone = np.asarray(real(embedder, texts))
+    assert (np.asarray(vectors) * alone).sum(1).min() > 0.98  # int8 activations are scaled per run
+
+
+def test_index_progress_shows_papers_per_second_and_nothing_else(corpus, capsys):
+    assert main(["index", str(corpus), "--progress"]) == 0
+    err = capsys.readouterr().err
+    lines = [line.strip() for line in err.replace("\r", "\n").splitlines() if line.strip()]
+    assert lines and all(line.startswith(("Reading:", "Embedding:", "BM25 segment:")) for line in lines), lines
+    done = [line for line in lines if line.startswith("Embedding: 100%")]
+    assert done and "10/10" in done[-1] and ("paper/s" in done[-1] or "s/paper" in done[-1])
 
 
 def test_cli_index_search_and_config(corpus, capsys, monkeypatch):
