@@ -21,7 +21,7 @@ from rag import limits, storage
 from rag.answer import Answer, AnswerStream
 from rag.generation import Deadline, Slots, Writer, start_workers
 from rag.index import IndexReport, build_index
-from rag.llm import LOCAL_BACKENDS, describe, make_llm
+from rag.llm import LOCAL_BACKENDS, admin_model, describe, make_llm
 from rag.models import load_embedder
 from rag.search import Hit, Searcher
 from rag.settings import Settings, error_line
@@ -267,6 +267,29 @@ class Assistant:
         report = build_index(self.settings, paths, skip_bad=skip_bad, progress=progress)
         self.reload()
         return report
+
+    def add_upload(self, src: Path, name: str, progress: bool = False) -> tuple[Path, IndexReport]:
+        """Index an uploaded corpus file (the UI's Library, POST /v1/admin/files): copied under the index's uploads
+        folder with a safe name (UploadError for a wrong name, type or size), then indexed incrementally; a copy
+        that fails to index is removed. Returns (where it was kept, the report)."""
+        folder = storage.uploads_dir(Path(self.settings.index_dir))
+        dest, existed = storage.save_upload(src, name, folder, self.settings.ui_max_upload_mb)
+        try:
+            return dest, self.add_files([dest], progress=progress)
+        except BaseException:
+            if not existed:
+                dest.unlink(missing_ok=True)
+            raise
+
+    def switch_llm(self, backend: str, model: str = "bundled") -> str:
+        """Switch the LLM for everyone's next question (an admin's action): a local model must be 'bundled' or one
+        inside RAG_MODEL_DIR (ModelError otherwise); it is loaded before it replaces the current one. Returns the
+        description of the LLM now in use."""
+        changes = {"llm_backend": backend}
+        if backend in LOCAL_BACKENDS:
+            changes["llm_model"] = admin_model(model, self.settings.model_dir)
+        self.configure(**changes)
+        return self.describe_llm()
 
     def describe_llm(self) -> str:
         return self._setup.describe()

@@ -105,6 +105,10 @@ class Slots:
 def start_workers(settings: Settings, factory: str | None = None) -> Slots:
     """RAG_LLM_PARALLEL workers for a local backend, started (model loaded, start-up check passed) in parallel.
     A worker that cannot start raises its ModelError; the others are closed."""
+    if settings.llm_backend == "llamacpp" and (factory or FACTORY) == "rag.llm:make_llm":
+        from rag.models import gguf_location
+
+        gguf_location(settings.llm_model)  # a path that is no GGUF fails now, not in each worker
     workers = [LocalWorker(settings, factory) for _ in range(settings.llm_parallel)]
     errors: list[BaseException] = []
 

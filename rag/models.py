@@ -48,7 +48,12 @@ def gguf_location(name: str) -> Path:
     if name == BUNDLED:
         return package_file(LLM_PACKAGE, LLM_FILE, "RAG_LLM_MODEL")
     path = Path(name).expanduser()
-    if not path.is_file():
+    try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except OSError:
+        magic = b""
+    if magic != b"GGUF":  # checked here, before a worker process spends seconds starting to load it
         raise ModelError(f"RAG_LLM_MODEL={name!r} is not a GGUF file (the llamacpp backend needs a local .gguf)")
     return path
 

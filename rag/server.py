@@ -13,6 +13,7 @@ body-size checks run before any route (rag.gate); a question is checked (rag.lim
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 import time
@@ -20,7 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Literal
 
-from fastapi import Depends, FastAPI, File, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,10 +32,9 @@ from rag.answer import Answer, AnswerStream, references_block
 from rag.corpus import CorpusError
 from rag.gate import error_body, guard
 from rag.limits import QuestionError, check_question
-from rag.llm import LOCAL_BACKENDS, admin_model
 from rag.models import ModelError
 from rag.settings import Backend, Mode, Settings, error_line
-from rag.storage import IndexingError
+from rag.storage import IndexingError, UploadError
 from rag.vectors import VectorStoreError
 
 MODEL = "abstract-rag"
@@ -161,16 +161,117 @@ def parse_chat(req: ChatRequest, settings: Settings) -> tuple[str, list[dict], b
 # --- the app ---------------------------------------------------------------------------------------------------
 
 
-def build_app(assistant, keys: Keys | None = None, ui: bool = True) -> FastAPI:
-    """The API over `assistant`, with the Gradio app (logging in with the same keys) mounted at / when `ui`."""
-    settings = assistant.settings
-    keys = keys or Keys(settings)
-    app = FastAPI(
-        title="abstract-rag",
-        version="1",
-        description="Cited answers from research-paper abstracts. OpenAI-compatible: point any OpenAI client at "
-        "/v1 with model 'abstract-rag'. Send `Authorization: Bearer KEY` when the server has keys.",
-    )
+def guarded(fn, *args, **kwargs):
+    """Call the Assistant; its errors become one-line JSON errors (503 while there is no index or Chroma is down)."""
+    try:
+        return fn(*args, **kwargs)
+    except IndexingError as e:
+        raise ApiError(503, error_line(e), "server_error") from None
+    except VectorStoreError as e:  # Chroma down: BM25 search still works
+        raise ApiError(503, error_line(e, typed=False), "server_error", "vector_store_unavailable") from None
+    except QuestionError as e:
+        raise ApiError(400, str(e), code=e.code) from None
+    except (CorpusError, ModelError, UploadError, ValueError) as e:
+        raise ApiError(400, error_line(e, typed=False) if str(e).strip() else error_line(e)) from None
+    except ApiError:
+        raise
+    except Exception as e:
+        raise ApiError(500, error_line(e), "server_error") from None
+
+
+def key_checks(keys: Keys):
+    """FastAPI dependencies: (any valid key, an admin key); each raises the one-line 401 or 403."""
+
+    def role(request: Request) -> str:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        found = keys.role(token.strip() if scheme.lower() == "bearer" else None)
+        if found is None:
+            raise ApiError(401, "missing or unknown API key: send Authorization: Bearer KEY", "invalid_api_key")
+        return found
+
+    def admin(found: str = Depends(role)) -> str:
+        if found != ADMIN:
+            raise ApiError(403, "this needs an admin key", "permission_denied")
+        return found
+
+    return role, admin
+
+
+def openai_routes(assistant) -> APIRouter:
+    """The OpenAI-compatible part: /v1/models and /v1/chat/completions."""
+    router = APIRouter(prefix="/v1", tags=["openai"])
+
+    @router.get("/models")
+    def models():
+        return {
+            "object": "list",
+            "data": [
+                {"id": name, "object": "model", "created": 0, "owned_by": "abstract-rag", "description": text}
+                for name, text in MODELS.items()
+            ],
+        }
+
+    @router.post("/chat/completions")
+    def chat_completions(req: ChatRequest):
+        """An answer to the last user message, the earlier ones as the conversation; cited, with references."""
+        question, history, generate = parse_chat(req, assistant.settings)
+        if req.stream:
+            stream = assistant.stream(question, history, k=req.k, mode=req.mode, generate=generate)
+            return StreamingResponse(completion_chunks(stream, req.model), media_type="text/event-stream")
+        answer = guarded(assistant.ask, question, history, k=req.k, mode=req.mode, generate=generate)
+        return completion(answer, req.model)
+
+    return router
+
+
+def search_routes(assistant) -> APIRouter:
+    """Searching the papers and reading one."""
+    router = APIRouter(prefix="/v1", tags=["search"])
+
+    @router.post("/search")
+    def search(req: SearchRequest):
+        """Papers ranked for a query: rank, paper_id, title, url, score, snippet, source."""
+        hits = guarded(assistant.search, req.query, k=req.k, mode=req.mode)
+        return {"object": "list", "query": req.query, "data": [h.to_dict() for h in hits]}
+
+    @router.get("/papers/{paper_id}")
+    def paper(paper_id: str):
+        found = guarded(assistant.paper, paper_id)
+        if found is None:
+            raise ApiError(404, f"no paper {paper_id!r} in the index", code="paper_not_found")
+        return found
+
+    return router
+
+
+def admin_routes(assistant) -> APIRouter:
+    """What only admins may do: switch the server's LLM, add corpus files."""
+    router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+    @router.post("/llm")
+    def change_llm(req: LLMChange):
+        """Switch the server's LLM for everyone's next question (loaded first; on failure nothing changes)."""
+        return {"llm": guarded(assistant.switch_llm, req.backend, req.model)}
+
+    @router.post("/files")
+    def add_file(file: UploadFile = File(...)):
+        """Index one more corpus file (.txt .json .jsonl .csv .bib); its papers are searchable when this returns."""
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(tmp) / "upload"
+            with src.open("wb") as out:
+                shutil.copyfileobj(file.file, out)
+            try:
+                dest, report = guarded(assistant.add_upload, src, file.filename or "")
+            except ApiError as e:  # the server's folders are not named: the message names the file only
+                e.message = re.sub(r"\S*/uploads/", "", e.message)
+                raise
+        return {"file": dest.name, **report.to_dict()}
+
+    return router
+
+
+def error_handlers(app: FastAPI) -> None:
+    """Every error as one OpenAI-shaped JSON line."""
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, e: ApiError):
@@ -187,34 +288,19 @@ def build_app(assistant, keys: Keys | None = None, ui: bool = True) -> FastAPI:
     async def http_error(request: Request, e: StarletteHTTPException):
         return JSONResponse(error_body(str(e.detail), "invalid_request_error"), status_code=e.status_code)
 
-    def role(request: Request) -> str:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        found = keys.role(token.strip() if scheme.lower() == "bearer" else None)
-        if found is None:
-            raise ApiError(401, "missing or unknown API key: send Authorization: Bearer KEY", "invalid_api_key")
-        return found
 
-    def admin(found: str = Depends(role)) -> str:
-        if found != ADMIN:
-            raise ApiError(403, "this needs an admin key", "permission_denied")
-        return found
-
-    def guarded(fn, *args, **kwargs):
-        """Call the Assistant; its errors become one-line JSON errors (503 while there is no index)."""
-        try:
-            return fn(*args, **kwargs)
-        except IndexingError as e:
-            raise ApiError(503, error_line(e), "server_error") from None
-        except VectorStoreError as e:  # Chroma down: BM25 search still works
-            raise ApiError(503, error_line(e, typed=False), "server_error", "vector_store_unavailable") from None
-        except QuestionError as e:
-            raise ApiError(400, str(e), code=e.code) from None
-        except (CorpusError, ModelError, ValueError) as e:
-            raise ApiError(400, error_line(e, typed=False) if str(e).strip() else error_line(e)) from None
-        except ApiError:
-            raise
-        except Exception as e:
-            raise ApiError(500, error_line(e), "server_error") from None
+def build_app(assistant, keys: Keys | None = None, ui: bool = True) -> FastAPI:
+    """The API over `assistant`, with the Gradio app (logging in with the same keys) mounted at / when `ui`."""
+    settings = assistant.settings
+    keys = keys or Keys(settings)
+    app = FastAPI(
+        title="abstract-rag",
+        version="1",
+        description="Cited answers from research-paper abstracts. OpenAI-compatible: point any OpenAI client at "
+        "/v1 with model 'abstract-rag'. Send `Authorization: Bearer KEY` when the server has keys.",
+    )
+    error_handlers(app)
+    role, admin = key_checks(keys)
 
     @app.get("/healthz", tags=["server"])
     async def healthz():
@@ -222,79 +308,16 @@ def build_app(assistant, keys: Keys | None = None, ui: bool = True) -> FastAPI:
         event loop, never waiting for a worker thread that requests may all be using."""
         return assistant.health()
 
-    @app.get("/v1/models", tags=["openai"], dependencies=[Depends(role)])
-    def models():
-        return {
-            "object": "list",
-            "data": [
-                {"id": name, "object": "model", "created": 0, "owned_by": "abstract-rag", "description": text}
-                for name, text in MODELS.items()
-            ],
-        }
-
-    @app.post("/v1/chat/completions", tags=["openai"], dependencies=[Depends(role)])
-    def chat_completions(req: ChatRequest):
-        """An answer to the last user message, the earlier ones as the conversation; cited, with references."""
-        question, history, generate = parse_chat(req, settings)
-        if req.stream:
-            stream = assistant.stream(question, history, k=req.k, mode=req.mode, generate=generate)
-            return StreamingResponse(completion_chunks(stream, req.model), media_type="text/event-stream")
-        answer = guarded(assistant.ask, question, history, k=req.k, mode=req.mode, generate=generate)
-        return completion(answer, req.model)
-
-    @app.post("/v1/search", tags=["search"], dependencies=[Depends(role)])
-    def search(req: SearchRequest):
-        """Papers ranked for a query: rank, paper_id, title, url, score, snippet, source."""
-        hits = guarded(assistant.search, req.query, k=req.k, mode=req.mode)
-        return {"object": "list", "query": req.query, "data": [h.to_dict() for h in hits]}
-
-    @app.get("/v1/papers/{paper_id}", tags=["search"], dependencies=[Depends(role)])
-    def paper(paper_id: str):
-        found = guarded(assistant.paper, paper_id)
-        if found is None:
-            raise ApiError(404, f"no paper {paper_id!r} in the index", code="paper_not_found")
-        return found
-
-    @app.post("/v1/admin/llm", tags=["admin"], dependencies=[Depends(admin)])
-    def change_llm(req: LLMChange):
-        """Switch the server's LLM for everyone's next question (loaded first; on failure nothing changes)."""
-        changes = {"llm_backend": req.backend}
-        if req.backend in LOCAL_BACKENDS:
-            changes["llm_model"] = guarded(admin_model, req.model, settings.model_dir)
-        guarded(assistant.configure, **changes)
-        return {"llm": assistant.describe_llm()}
-
-    @app.post("/v1/admin/files", tags=["admin"], dependencies=[Depends(admin)])
-    def add_file(file: UploadFile = File(...)):
-        """Index one more corpus file (.txt .json .jsonl .csv .bib); its papers are searchable when this returns."""
-        from rag.storage import uploads_dir
-        from ui.app import UploadError, save_upload
-
-        with tempfile.TemporaryDirectory() as tmp:
-            src = Path(tmp) / "upload"
-            with src.open("wb") as out:
-                shutil.copyfileobj(file.file, out)
-            try:
-                dest, existed = save_upload(
-                    src, file.filename or "", uploads_dir(Path(settings.index_dir)), settings.ui_max_upload_mb
-                )
-            except UploadError as e:
-                raise ApiError(400, str(e)) from None
-            try:
-                report = guarded(assistant.add_files, [dest])
-            except ApiError as e:
-                if not existed:
-                    dest.unlink(missing_ok=True)
-                e.message = e.message.replace(str(dest), dest.name)
-                raise
-        return {"file": dest.name, **report.to_dict()}
+    routers = [(openai_routes(assistant), role), (search_routes(assistant), role), (admin_routes(assistant), admin)]
+    for router, needs in routers:
+        app.include_router(router, dependencies=[Depends(needs)])
+    known = [route.path_regex for router, _ in routers for route in router.routes]
 
     @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
     def unknown_route(request: Request, path: str):
         """Every other /v1 path: the OpenAI 404 instead of the UI's (Gradio is mounted at /); a known path with
         another method: 405."""
-        routes = [r for r in app.routes if getattr(r, "methods", None) and r.name != "unknown_route"]
-        if any(route.path_regex.match(request.url.path) for route in routes):
+        if any(path_regex.match(request.url.path) for path_regex in known):
             raise ApiError(405, f"{request.method} is not allowed on {request.url.path}", code="method_not_allowed")
         raise ApiError(404, f"Invalid URL ({request.method} {request.url.path})", code="unknown_url")
 

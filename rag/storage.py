@@ -19,14 +19,18 @@ naming the new generation is published; `--rebuild` and a first build write a ne
 from __future__ import annotations
 
 import fcntl
+import filecmp
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from rag.corpus import SUFFIXES
 
 MANIFEST = "manifest.json"
 BUILDING = "building.json"
@@ -129,6 +133,43 @@ def stale_stores(index_dir: Path, live: str | None) -> list[str]:
 
 def remove_store_dir(index_dir: Path, store: str) -> None:
     shutil.rmtree(store_dir(index_dir, store), ignore_errors=True)
+
+
+class UploadError(ValueError):
+    """An upload refused before indexing (name, type or size); str() is one line."""
+
+
+def safe_name(name: str) -> str:
+    """A file name to write under uploads/ from an untrusted upload name: the last path component only, no
+    leading dots or '..', only [A-Za-z0-9._-], and a corpus suffix (.txt .json .jsonl .csv .bib)."""
+    base = re.split(r"[\\/]", name or "")[-1].strip()
+    suffix = Path(base).suffix.lower()
+    if suffix not in SUFFIXES:
+        raise UploadError(f"{base or 'the file'}: not a corpus file (use {', '.join(SUFFIXES)})")
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", base[: -len(suffix)])
+    stem = re.sub(r"\.{2,}", ".", stem).strip("._-")[:80]
+    return (stem or "upload") + suffix
+
+
+def save_upload(src: Path, name: str, folder: Path, max_mb: float) -> tuple[Path, bool]:
+    """Copy an uploaded file under `folder` with a safe name. Returns (path, whether an identical file was there).
+
+    A file with that name and other content is kept: the upload gets a numbered name instead.
+    """
+    size = src.stat().st_size
+    if size > max_mb * 2**20:
+        raise UploadError(
+            f"{safe_name(name)} is {size / 2**20:.1f} MB: the limit is {max_mb} MB (RAG_UI_MAX_UPLOAD_MB)"
+        )
+    first = dest = folder / safe_name(name)
+    n = 2
+    while dest.exists() and not filecmp.cmp(dest, src, shallow=False):
+        dest = first.with_name(f"{first.stem}-{n}{first.suffix}")
+        n += 1
+    existed = dest.exists()
+    if not existed:
+        shutil.copyfile(src, dest)
+    return dest, existed
 
 
 def uploads_dir(index_dir: Path) -> Path:

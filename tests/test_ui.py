@@ -11,12 +11,14 @@ import pytest
 
 from rag.access import Keys
 from rag.answer import Answer, AnswerStream
+from rag.assistant import Assistant
 from rag.corpus import CorpusError
 from rag.evidence import Evidence
 from rag.index import IndexReport
 from rag.limits import check_text
 from rag.search import Hit
 from rag.settings import Settings
+from rag.storage import UploadError, safe_name
 from ui import app, render
 
 XSS_TITLE = "<img src=x onerror=alert(1)>"
@@ -99,6 +101,12 @@ class FakeAssistant:
     def search(self, query, k=None, mode=None):
         self.calls.append(("search", query, k, mode))
         return [Hit(1, "p2", XSS_TITLE, "https://example.org/p2", 0.5, f"{XSS_SCRIPT} snippet", "evil.jsonl")]
+
+    switch_llm = Assistant.switch_llm  # the real door, over this fake's configure and add_files
+    add_upload = Assistant.add_upload
+
+    def describe_llm(self):
+        return f"{self.settings.llm_backend}: fake"
 
     def configure(self, **changes):
         if changes.get("llm_backend") not in app.BACKENDS:
@@ -326,13 +334,13 @@ def test_one_sessions_k_and_mode_do_not_reach_another(fake):
     ],
 )
 def test_safe_name(name, expected):
-    assert app.safe_name(name) == expected
+    assert safe_name(name) == expected
 
 
 @pytest.mark.parametrize("name", ["evil.sh", "papers.jsonl.exe", "noext", "", "../"])
 def test_safe_name_rejects_other_files(name):
-    with pytest.raises(app.UploadError):
-        app.safe_name(name)
+    with pytest.raises(UploadError):
+        safe_name(name)
 
 
 def test_upload_is_copied_under_uploads_and_indexed(fake, tmp_path):

@@ -6,9 +6,7 @@ session; changing the LLM (for everyone) and adding corpus files need the admin 
 beside the HTTP API (rag/server.py).
 """
 
-import filecmp
 import re
-import shutil
 import tempfile
 import time
 from functools import partial
@@ -21,9 +19,8 @@ from rag.access import ADMIN, Keys
 from rag.answer import Answer
 from rag.corpus import SUFFIXES, CorpusError
 from rag.limits import QuestionError, check_question
-from rag.llm import LOCAL_BACKENDS, admin_model
 from rag.settings import Backend, Mode, error_line
-from rag.storage import uploads_dir
+from rag.storage import UploadError
 from ui import render
 
 EXAMPLES = [
@@ -37,10 +34,6 @@ MODES = list(get_args(Mode))
 EXPORT_DIR = Path(tempfile.gettempdir()) / "abstract-rag-exports"
 ADMIN_ONLY = "Only an admin can {}: log in with the user name 'admin' and an admin key."
 NOT_YOURS = "This browser session belongs to another login."
-
-
-class UploadError(ValueError):
-    """An upload refused before indexing (name, type or size); str() is one line."""
 
 
 # --- chat ----------------------------------------------------------------------------------------------------
@@ -147,11 +140,8 @@ def configure_llm(assistant, backend: str, model: str, admin: bool = True):
     if not admin:
         return status_html(assistant), render.line(ADMIN_ONLY.format("change the LLM"), "error")
     try:
-        changes = {"llm_backend": backend}
-        if backend in LOCAL_BACKENDS:
-            changes["llm_model"] = admin_model(model, assistant.settings.model_dir)
-        assistant.configure(**changes)
-        return status_html(assistant), render.line(f"LLM for the next question: {assistant.status()['llm']}", "ok")
+        described = assistant.switch_llm(backend, model)
+        return status_html(assistant), render.line(f"LLM for the next question: {described}", "ok")
     except Exception as e:
         return status_html(assistant), render.line(f"Settings not applied: {error_line(e)}", "error")
 
@@ -173,39 +163,6 @@ def search(assistant, query: str, k: int, mode: str) -> str:
 # --- library -------------------------------------------------------------------------------------------------
 
 
-def safe_name(name: str) -> str:
-    """A file name to write under uploads/ from an untrusted upload name: the last path component only, no
-    leading dots or '..', only [A-Za-z0-9._-], and a corpus suffix (.txt .json .jsonl .csv .bib)."""
-    base = re.split(r"[\\/]", name or "")[-1].strip()
-    suffix = Path(base).suffix.lower()
-    if suffix not in SUFFIXES:
-        raise UploadError(f"{base or 'the file'}: not a corpus file (use {', '.join(SUFFIXES)})")
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", base[: -len(suffix)])
-    stem = re.sub(r"\.{2,}", ".", stem).strip("._-")[:80]
-    return (stem or "upload") + suffix
-
-
-def save_upload(src: Path, name: str, folder: Path, max_mb: float) -> tuple[Path, bool]:
-    """Copy an uploaded file under `folder` with a safe name. Returns (path, whether an identical file was there).
-
-    A file with that name and other content is kept: the upload gets a numbered name instead.
-    """
-    size = src.stat().st_size
-    if size > max_mb * 2**20:
-        raise UploadError(
-            f"{safe_name(name)} is {size / 2**20:.1f} MB: the limit is {max_mb} MB (RAG_UI_MAX_UPLOAD_MB)"
-        )
-    first = dest = folder / safe_name(name)
-    n = 2
-    while dest.exists() and not filecmp.cmp(dest, src, shallow=False):
-        dest = first.with_name(f"{first.stem}-{n}{first.suffix}")
-        n += 1
-    existed = dest.exists()
-    if not existed:
-        shutil.copyfile(src, dest)
-    return dest, existed
-
-
 def sources_rows(assistant) -> list[list]:
     try:
         return [[s["source"], s["papers"]] for s in assistant.sources()]
@@ -223,22 +180,13 @@ def add_corpus(assistant, file, progress=gr.Progress(track_tqdm=True), admin: bo
     if not file:
         return render.line("Choose a corpus file first."), sources_rows(assistant), status_html(assistant)
     src = Path(file)
-    dest = None
     try:
-        progress(0.05, desc="Checking the file")
-        folder = uploads_dir(Path(assistant.settings.index_dir))
-        dest, existed = save_upload(src, src.name, folder, assistant.settings.ui_max_upload_mb)
-        progress(0.15, desc=f"Indexing {dest.name}")
-        try:
-            report = assistant.add_files([dest], skip_bad=False, progress=True)
-        except BaseException:
-            if not existed:
-                dest.unlink(missing_ok=True)
-            raise
+        progress(0.1, desc=f"Indexing {src.name}")
+        dest, report = assistant.add_upload(src, src.name, progress=True)
         message = render.line(f"Added {dest.name}: {report.new} new papers. Index now {report.summary()}", "ok")
-    except (CorpusError, UploadError) as e:
-        text = error_line(e, typed=False)
-        message = render.line(f"Rejected: {text.replace(str(dest), dest.name) if dest else text}", "error")
+    except (CorpusError, UploadError) as e:  # the server's folder is not named: the message names the file only
+        text = re.sub(r"\S*/uploads/", "", error_line(e, typed=False))
+        message = render.line(f"Rejected: {text}", "error")
     except Exception as e:
         message = render.line(f"Failed: {error_line(e)}", "error")
     return message, sources_rows(assistant), status_html(assistant)
@@ -247,19 +195,148 @@ def add_corpus(assistant, file, progress=gr.Progress(track_tqdm=True), admin: bo
 # --- the app -------------------------------------------------------------------------------------------------
 
 
-def build_ui(assistant, keys: Keys | None = None) -> gr.Blocks:
-    """The app for one Assistant. Events are queued; each browser session has its own conversation, k and mode.
-    With `keys` that are not open, only a session logged in as 'admin' may change the LLM or add files."""
+def ask_tab(assistant, keys: Keys | None, status, is_admin):
+    """The Ask tab: the chat, its settings and the sources panel, wired. Returns (backend, model, owner): the
+    admin-only controls and the login the conversation belongs to, for the page's load event."""
     s = assistant.settings
+    turns = gr.State([])
+    owner = gr.State(None)  # the login this session's conversation belongs to (see owned_chat)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            chatbot = gr.Chatbot(
+                label="Answers",
+                show_label=False,
+                height=600,
+                render_markdown=False,
+                sanitize_html=True,
+                latex_delimiters=[],
+                feedback_options=None,
+                buttons=[],  # copy would copy HTML: use Export
+                examples=[{"text": q} for q in EXAMPLES],
+                placeholder="Ask about the indexed papers. Every claim in an answer cites its source.",
+            )
+            with gr.Row():
+                question = gr.Textbox(
+                    show_label=False, placeholder="Ask a question and press Enter", scale=6, elem_id="question"
+                )
+                ask = gr.Button("Ask", variant="primary", scale=1, min_width=80)
+            with gr.Row():
+                clear_btn = gr.Button("Clear", size="sm")
+                export = gr.DownloadButton("Export (Markdown)", size="sm", interactive=False)
+            notice = gr.HTML(js_on_load=None, elem_id="notice")
+            with gr.Accordion("Settings", open=False, elem_id="settings"):
+                with gr.Row():
+                    backend = gr.Dropdown(BACKENDS, value=s.llm_backend, label="LLM backend")
+                    model = gr.Textbox(
+                        value=s.llm_model, label="LLM model ('bundled', a GGUF path, or a transformers model)"
+                    )
+                with gr.Row():
+                    k = gr.Slider(1, 30, value=s.search_k, step=1, label="Papers retrieved (k)")
+                    mode = gr.Radio(MODES, value=s.search_mode, label="Retrieval mode")
+        with gr.Column(scale=2):
+            sources = gr.HTML(render.sources_html([], {}), js_on_load=None, elem_id="sources")
 
-    def is_admin(request: gr.Request | None) -> bool:
-        return keys is None or keys.open or getattr(request, "username", None) == ADMIN
+    def on_chat(question_value, turns_value, k_value, mode_value, owner_value, request: gr.Request):
+        yield from owned_chat(assistant, keys, question_value, turns_value, k_value, mode_value, owner_value, request)
+
+    def on_clear(owner_value, request: gr.Request):
+        return (gr.skip(),) * 6 if another_login(keys, owner_value, request) else clear()
 
     def on_configure(backend_value: str, model_value: str, request: gr.Request):
         return configure_llm(assistant, backend_value, model_value, admin=is_admin(request))
 
+    chat_io = dict(
+        fn=on_chat,
+        inputs=[question, turns, k, mode, owner],
+        outputs=[chatbot, sources, turns, notice, question, export, owner],
+        concurrency_limit=4,
+    )
+    question.submit(**chat_io, api_name="chat", api_visibility="undocumented")
+    ask.click(**chat_io, api_name="chat_click", api_visibility="private")
+    chatbot.example_select(pick_example, None, question, api_visibility="private").then(
+        **chat_io, api_visibility="private"
+    )
+    for event in (clear_btn.click, chatbot.clear):  # the chatbot's own trash icon clears the conversation too
+        event(on_clear, owner, [chatbot, sources, turns, notice, question, export], api_visibility="private")
+    for event in (backend.input, model.submit, model.blur):
+        event(on_configure, [backend, model], [status, notice], api_visibility="private")
+    return backend, model, owner
+
+
+def search_tab(assistant) -> None:
+    s = assistant.settings
+    with gr.Row():
+        query = gr.Textbox(show_label=False, placeholder="Search the papers", scale=6, elem_id="query")
+        search_btn = gr.Button("Search", variant="primary", scale=1, min_width=80)
+    with gr.Row():
+        search_k = gr.Slider(1, 50, value=s.search_k, step=1, label="Results")
+        search_mode = gr.Radio(MODES, value=s.search_mode, label="Retrieval mode")
+    results = gr.HTML(render.search_html("", []), js_on_load=None, elem_id="results")
+    search_io = dict(
+        fn=partial(search, assistant),
+        inputs=[query, search_k, search_mode],
+        outputs=results,
+        concurrency_limit=4,
+        api_visibility="private",
+    )
+    query.submit(**search_io, api_name="search_submit")
+    search_btn.click(**search_io, api_name="search_click")
+
+
+def library_tab(assistant, status, is_admin):
+    """The Library tab: add a corpus file (admins), the indexed sources. Returns the upload control."""
+    s = assistant.settings
+    gr.Markdown(
+        f"Add a corpus file ({', '.join(SUFFIXES)}, at most {s.ui_max_upload_mb} MB). Its papers "
+        "are indexed incrementally and searchable as soon as indexing ends."
+    )
+    upload = gr.File(label="Corpus file", file_types=list(SUFFIXES), type="filepath", height=160, elem_id="upload")
+    upload_msg = gr.HTML(js_on_load=None, elem_id="upload-msg")
+    table = gr.Dataframe(
+        partial(sources_rows, assistant), headers=["source", "papers"], label="Indexed sources", interactive=False
+    )
+
     def on_upload(file, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
         return add_corpus(assistant, file, progress, admin=is_admin(request))
+
+    upload.upload(
+        on_upload,
+        upload,
+        [upload_msg, table, status],
+        concurrency_limit=1,
+        api_name="add_corpus",
+        api_visibility="undocumented",
+    ).then(lambda: None, None, upload, api_visibility="private")
+    return upload
+
+
+def api_endpoints(assistant) -> None:
+    """Gradio's own API (gradio_client): ask and search, as JSON."""
+
+    def api_ask(question: str, k: int = 0, mode: str = "") -> dict:
+        """Answer a question from the indexed abstracts; the Answer as JSON (text, citations, evidence...)."""
+        try:
+            return assistant.ask(question, k=k or None, mode=mode or None).to_dict()
+        except Exception as e:
+            raise gr.Error(error_line(e)) from None
+
+    def api_search(query: str, k: int = 0, mode: str = "") -> list[dict]:
+        """Rank the indexed papers for a query: rank, paper_id, title, url, score, snippet, source."""
+        try:
+            return [h.to_dict() for h in assistant.search(query, k=k or None, mode=mode or None)]
+        except Exception as e:
+            raise gr.Error(error_line(e)) from None
+
+    gr.api(api_ask, api_name="ask", concurrency_limit=4)
+    gr.api(api_search, api_name="search", concurrency_limit=4)
+
+
+def build_ui(assistant, keys: Keys | None = None) -> gr.Blocks:
+    """The app for one Assistant. Events are queued; each browser session has its own conversation, k and mode.
+    With `keys` that are not open, only a session logged in as 'admin' may change the LLM or add files."""
+
+    def is_admin(request: gr.Request | None) -> bool:
+        return keys is None or keys.open or getattr(request, "username", None) == ADMIN
 
     # Gradio's cache (uploads, exports): every hour, files older than a day go
     with gr.Blocks(title="abstract-rag", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
@@ -270,138 +347,20 @@ def build_ui(assistant, keys: Keys | None = None) -> gr.Blocks:
             js_on_load=None,
         )
         status = gr.HTML(partial(status_html, assistant), js_on_load=None)
-        turns = gr.State([])
-        owner = gr.State(None)  # the login this session's conversation belongs to (see owned_chat)
         with gr.Tabs():
             with gr.Tab("Ask"):
-                with gr.Row(equal_height=False):
-                    with gr.Column(scale=3):
-                        chatbot = gr.Chatbot(
-                            label="Answers",
-                            show_label=False,
-                            height=600,
-                            render_markdown=False,
-                            sanitize_html=True,
-                            latex_delimiters=[],
-                            feedback_options=None,
-                            buttons=[],  # copy would copy HTML: use Export
-                            examples=[{"text": q} for q in EXAMPLES],
-                            placeholder="Ask about the indexed papers. Every claim in an answer cites its source.",
-                        )
-                        with gr.Row():
-                            question = gr.Textbox(
-                                show_label=False,
-                                placeholder="Ask a question and press Enter",
-                                scale=6,
-                                elem_id="question",
-                            )
-                            ask = gr.Button("Ask", variant="primary", scale=1, min_width=80)
-                        with gr.Row():
-                            clear_btn = gr.Button("Clear", size="sm")
-                            export = gr.DownloadButton("Export (Markdown)", size="sm", interactive=False)
-                        notice = gr.HTML(js_on_load=None, elem_id="notice")
-                        with gr.Accordion("Settings", open=False, elem_id="settings"):
-                            with gr.Row():
-                                backend = gr.Dropdown(BACKENDS, value=s.llm_backend, label="LLM backend")
-                                model = gr.Textbox(
-                                    value=s.llm_model,
-                                    label="LLM model ('bundled', a GGUF path, or a transformers model)",
-                                )
-                            with gr.Row():
-                                k = gr.Slider(1, 30, value=s.search_k, step=1, label="Papers retrieved (k)")
-                                mode = gr.Radio(MODES, value=s.search_mode, label="Retrieval mode")
-                    with gr.Column(scale=2):
-                        sources = gr.HTML(render.sources_html([], {}), js_on_load=None, elem_id="sources")
+                backend, model, owner = ask_tab(assistant, keys, status, is_admin)
             with gr.Tab("Search"):
-                with gr.Row():
-                    query = gr.Textbox(show_label=False, placeholder="Search the papers", scale=6, elem_id="query")
-                    search_btn = gr.Button("Search", variant="primary", scale=1, min_width=80)
-                with gr.Row():
-                    search_k = gr.Slider(1, 50, value=s.search_k, step=1, label="Results")
-                    search_mode = gr.Radio(MODES, value=s.search_mode, label="Retrieval mode")
-                results = gr.HTML(render.search_html("", []), js_on_load=None, elem_id="results")
+                search_tab(assistant)
             with gr.Tab("Library"):
-                gr.Markdown(
-                    f"Add a corpus file ({', '.join(SUFFIXES)}, at most {s.ui_max_upload_mb} MB). Its papers "
-                    "are indexed incrementally and searchable as soon as indexing ends."
-                )
-                upload = gr.File(
-                    label="Corpus file", file_types=list(SUFFIXES), type="filepath", height=160, elem_id="upload"
-                )
-                upload_msg = gr.HTML(js_on_load=None, elem_id="upload-msg")
-                table = gr.Dataframe(
-                    partial(sources_rows, assistant),
-                    headers=["source", "papers"],
-                    label="Indexed sources",
-                    interactive=False,
-                )
-
-        def on_chat(question_value, turns_value, k_value, mode_value, owner_value, request: gr.Request):
-            yield from owned_chat(
-                assistant, keys, question_value, turns_value, k_value, mode_value, owner_value, request
-            )
-
-        def on_clear(owner_value, request: gr.Request):
-            return (gr.skip(),) * 6 if another_login(keys, owner_value, request) else clear()
-
-        chat_io = dict(
-            fn=on_chat,
-            inputs=[question, turns, k, mode, owner],
-            outputs=[chatbot, sources, turns, notice, question, export, owner],
-            concurrency_limit=4,
-        )
-        question.submit(**chat_io, api_name="chat", api_visibility="undocumented")
-        ask.click(**chat_io, api_name="chat_click", api_visibility="private")
-        chatbot.example_select(pick_example, None, question, api_visibility="private").then(
-            **chat_io, api_visibility="private"
-        )
-        for event in (clear_btn.click, chatbot.clear):  # the chatbot's own trash icon clears the conversation too
-            event(on_clear, owner, [chatbot, sources, turns, notice, question, export], api_visibility="private")
-        for event in (backend.input, model.submit, model.blur):
-            event(on_configure, [backend, model], [status, notice], api_visibility="private")
-
-        search_io = dict(
-            fn=partial(search, assistant),
-            inputs=[query, search_k, search_mode],
-            outputs=results,
-            concurrency_limit=4,
-            api_visibility="private",
-        )
-        query.submit(**search_io, api_name="search_submit")
-        search_btn.click(**search_io, api_name="search_click")
-
-        upload.upload(
-            on_upload,
-            upload,
-            [upload_msg, table, status],
-            concurrency_limit=1,
-            api_name="add_corpus",
-            api_visibility="undocumented",
-        ).then(lambda: None, None, upload, api_visibility="private")
-
-        def api_ask(question: str, k: int = 0, mode: str = "") -> dict:
-            """Answer a question from the indexed abstracts; the Answer as JSON (text, citations, evidence...)."""
-            try:
-                return assistant.ask(question, k=k or None, mode=mode or None).to_dict()
-            except Exception as e:
-                raise gr.Error(error_line(e)) from None
-
-        def api_search(query: str, k: int = 0, mode: str = "") -> list[dict]:
-            """Rank the indexed papers for a query: rank, paper_id, title, url, score, snippet, source."""
-            try:
-                return [h.to_dict() for h in assistant.search(query, k=k or None, mode=mode or None)]
-            except Exception as e:
-                raise gr.Error(error_line(e)) from None
+                upload = library_tab(assistant, status, is_admin)
 
         def on_load(owner_value, request: gr.Request):
             """Admin-only controls are shown read-only to the other sessions (their handlers check again); the
             session's conversation belongs to the login that opened it."""
-            admin = is_admin(request)
-            read_only = gr.update(interactive=admin)
+            read_only = gr.update(interactive=is_admin(request))
             return read_only, read_only, read_only, owner_value or getattr(request, "username", None)
 
         demo.load(on_load, owner, [backend, model, upload, owner], api_visibility="private")
-
-        gr.api(api_ask, api_name="ask", concurrency_limit=4)
-        gr.api(api_search, api_name="search", concurrency_limit=4)
+        api_endpoints(assistant)
     return demo
