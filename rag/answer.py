@@ -251,6 +251,7 @@ LATEX = {"times": "×", "sim": "~", "approx": "≈", "pm": "±", "leq": "≤", "
 def display(quote: str) -> str:
     """A quote as a reader should see it: LaTeX escapes and macros of the abstract written out ("54.37\\%" ->
     "54.37%", "3\\times" -> "3×", "$\\sim$0.01%" -> "~0.01%"); the evidence itself keeps the abstract's text."""
+    quote = re.sub(r"(?<=\d)times\b", "×", quote)  # "17.5\\times" that lost its backslash in the scrape
     if "\\" not in quote and "$" not in quote:
         return quote
     text = re.sub(r"\\([A-Za-z]+|[%&_])(\{\})?", lambda m: LATEX.get(m.group(1), m.group(1)), quote)

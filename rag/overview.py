@@ -147,11 +147,10 @@ def key_sentences(scored: list[Evidence], wanted: tuple[str, ...] = ()) -> dict[
     key = {}
     for pid, sentences in by_paper.items():
         best = sentences[0]
-        standing = [
-            ev for ev in sentences if not CONNECTIVE.match(ev.quote) and ev.score >= STANDALONE_SHARE * best.score
-        ]
+        alone = [ev for ev in sentences if not (CONNECTIVE.match(ev.quote) or LIST_ITEM.match(ev.quote))]
+        standing = [ev for ev in alone if ev.score >= STANDALONE_SHARE * best.score]
         preferred = [ev for ev in standing if ev.role and ev.role in wanted[:2]]
-        key[pid] = preferred[0] if preferred else standing[0] if standing else best
+        key[pid] = (preferred or standing or alone or [best])[0]
     return key
 
 
@@ -242,6 +241,7 @@ GENERIC = (
 )
 
 
+GENERIC_NAMES = {"LLM", "MLLM", "LM", "VLM", "NLP", "AI", "ML", "RL", "GPT", "CNN", "GNN", "GAN", "RAG", "QA", "ICL"}
 NAME_TOKEN = re.compile(r"\b(?=[\w\-+]*(?:[a-z][A-Z]|[A-Z]{2}|\d))[A-Za-z][\w\-+]*[\w+]")
 
 
@@ -251,7 +251,7 @@ def short_name(title: str) -> str:
     head, colon, _ = title.partition(":")
     if colon and len(head.split()) <= 3:
         return head.strip()
-    found = NAME_TOKEN.findall(title)
+    found = [t for t in NAME_TOKEN.findall(title) if t.rstrip("s") not in GENERIC_NAMES]
     if found:
         return found[0]
     words = title.split()
