@@ -40,10 +40,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(index_dir: Path, backend: str, log: Path) -> tuple[subprocess.Popen, str, float]:
-    """`rag serve` in its own process; (process, base url, seconds until it answered /healthz)."""
+def start_server(
+    index_dir: Path, backend: str, log: Path, settings: dict | None = None
+) -> tuple[subprocess.Popen, str, float]:
+    """`rag serve` in its own process (`settings`: more RAG_* variables); (process, base url, seconds until it
+    answered /healthz)."""
     port = free_port()
     env = {**worker_env(), "RAG_INDEX_DIR": str(index_dir), "RAG_LLM_BACKEND": backend, "PYTHONPATH": str(ROOT)}
+    env.update(settings or {})
     started = time.perf_counter()
     proc = subprocess.Popen(
         [PYTHON, "-m", "rag.cli", "serve", "--port", str(port)],

@@ -183,12 +183,19 @@ QUERY_PARAMETER = re.compile(r"([?&][\w.-]*=)([^&#\s]*)")
 SECRET_NAME = re.compile(r"key|token|secret|passw(?:or)?d|pwd|auth|sig|credential", re.I)
 
 
+# An Authorization header's value, as an endpoint that echoes the request's headers in its error puts it there: a
+# token of 6+ characters holding a digit or a sign (not "basic research").
+AUTHORIZATION = re.compile(r"\b(Bearer|Basic)\s+(?=[\w.~+/=-]*[\d._~+/=-])[\w.~+/=-]{6,}", re.I)
+
+
 def mask_url(text: str) -> str:
     """Text with the secrets of any URL in it masked: credentials (`scheme://user:pass@host` -> `scheme://***@host`)
-    and key-like query parameters (`?api_key=...` -> `?api_key=***`). The one masking function: every error, status
-    line and log that may show a setting or a URL goes through it (directly or through `error_line`)."""
+    and key-like query parameters (`?api_key=...` -> `?api_key=***`); and Authorization values (`Bearer ***`). The
+    one masking function: every error, status line and log that may show a setting or a URL goes through it
+    (directly or through `error_line`)."""
     text = URL_USERINFO.sub("***@", text)
-    return QUERY_PARAMETER.sub(lambda m: m[1] + "***" if SECRET_NAME.search(m[1]) and m[2] else m[0], text)
+    text = QUERY_PARAMETER.sub(lambda m: m[1] + "***" if SECRET_NAME.search(m[1]) and m[2] else m[0], text)
+    return AUTHORIZATION.sub(r"\1 ***", text)
 
 
 def error_line(error: BaseException, typed: bool = True) -> str:

@@ -286,6 +286,53 @@ def test_credentials_in_the_endpoint_url_are_refused_and_keys_masked_everywhere(
     assert answer.backend.startswith("openai: drip at http://127.0.0.1:") and "failed" in answer.notices[0]
 
 
+def test_an_endpoint_echoing_the_key_puts_no_key_into_notices(fixture_index):
+    """An OpenAI-compatible endpoint that refuses the key and echoes the request's headers in its error."""
+    import http.server
+    import threading
+
+    class Echo(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            body = json.dumps({"error": {"message": f"bad key: {self.headers['Authorization']}"}}).encode()
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    echo = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=echo.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{echo.server_address[1]}/v1"
+        answer = Assistant(openai_backend(fixture_index, url, openai_api_key="sk-live-7d2e")).ask(QUESTION)
+    finally:
+        echo.shutdown()
+    assert "failed" in answer.notices[0] and "Bearer ***" in answer.notices[0], answer.notices
+    assert "sk-live-7d2e" not in json.dumps(answer.to_dict())
+
+
+def test_allowed_hosts_and_origins():
+    from starlette.datastructures import Headers
+
+    from rag.gate import allowed_hosts, cross_site
+
+    assert allowed_hosts(Settings(), Keys(Settings())) == ["127.0.0.1", "localhost", "[::1]"]
+    assert allowed_hosts(Settings(api_keys="k"), Keys(Settings(api_keys="k"))) == ["*"]
+    team = Settings(api_keys="k", allowed_hosts="rag.lab.org, RAG2.lab.org")
+    assert allowed_hosts(team, Keys(team)) == ["rag.lab.org", "rag2.lab.org"]
+    with pytest.raises(AccessError, match="RAG_ALLOWED_HOSTS='\\*' needs keys"):
+        allowed_hosts(Settings(allowed_hosts="*"), Keys(Settings()))
+    same = {"host": "127.0.0.1:7860", "origin": "http://127.0.0.1:7860"}
+    assert cross_site(Headers(same), []) is None and cross_site(Headers({"host": "x"}), []) is None  # curl
+    assert cross_site(Headers({**same, "origin": "http://localhost:8080"}), []) == "Origin http://localhost:8080"
+    proxied = {"host": "127.0.0.1:7860", "origin": "https://rag.lab.org"}  # a proxy that rewrote Host
+    assert cross_site(Headers(proxied), ["rag.lab.org"]) is None and cross_site(Headers(proxied), [])
+    assert cross_site(Headers({"host": "a", "sec-fetch-site": "same-site"}), []) == "Sec-Fetch-Site same-site"
+
+
 def test_chroma_url_credentials_never_appear_in_any_output(fixture_index, tmp_path, capsys, monkeypatch):
     """In the URL's user part (refused) or its query (masked): rag search, ask, index, config and serve, the API,
     /healthz and the UI each say what is wrong in one line, without the secret."""
