@@ -6,7 +6,8 @@ run: the machine is shared, absolute times move, ratios much less.
     .venv/bin/python bench/embed.py [--rounds 3] [--base DIR] [--sections index,embedder] [--papers 256]
 
 --base DIR adds `rag index` runs of another checkout (e.g. a worktree of main) to the same rounds. Writes
-bench/results/embed.json and prints Markdown tables (README "Index at scale").
+bench/results/embed.json and prints Markdown tables (README "Index at scale"); `bench/embed.py --print FILE`
+prints the tables of a saved result.
 """
 
 from __future__ import annotations
@@ -155,29 +156,25 @@ def embedder_section(rounds: int, papers: int) -> dict:
 
 
 def print_tables(result: dict) -> None:
-    m = result["machine"]
+    m = result.get("machine") or result["machine_index"]
     print(f"\n{m['cpu']}, {m['nproc']} cores, load average {m['load_avg_at_start']:.2f} at start, {m['date']}\n")
     if "index" in result:
         rows = result["index"]
-        baseline = rows["without sentence vectors"]["wall"]
-        base_plain = rows.get("base: without sentence vectors", {}).get("wall")
-        print(
-            table(
-                ["cold `rag index`, bundled corpus", "wall (median)", "runs", "CPU", "embedding", "peak RSS", "ratio"],
+        plain, base_plain = rows["without sentence vectors"], rows.get("base: without sentence vectors", {})
+        headers = ["cold `rag index`, bundled corpus", "wall (median)", "runs", "CPU (user+sys)", "peak RSS"]
+        out = []
+        for name, r in rows.items():
+            baseline = base_plain if name.startswith("base") else plain
+            out.append(
                 [
-                    [
-                        name,
-                        f"{r['wall']:.1f} s",
-                        " / ".join(map(str, r["walls"])),
-                        f"{r['cpu']:.1f} s",
-                        f"{r['embed']:.1f} s",
-                        f"{r['rss_mb']:.0f} MB",
-                        ratio(r["wall"], base_plain if name.startswith("base") else baseline),
-                    ]
-                    for name, r in rows.items()
-                ],
+                    name,
+                    f"{r['wall']:.1f} s ({ratio(r['wall'], baseline.get('wall'))})",
+                    " / ".join(map(str, r["walls"])),
+                    f"{r['cpu']:.1f} s ({ratio(r['cpu'], baseline.get('cpu'))})",
+                    f"{r['rss_mb']:.0f} MB",
+                ]
             )
-        )
+        print(table(headers, out))
     if "embedder" in result:
         e = result["embedder"]
         secs = e["seconds"]
@@ -194,6 +191,9 @@ def print_tables(result: dict) -> None:
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--print"]:  # the tables of a saved result: bench/embed.py --print FILE
+        print_tables(json.loads(Path(sys.argv[2]).read_text()))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--base", type=Path, help="another checkout whose `rag index` runs in the same rounds")
