@@ -252,15 +252,9 @@ class Assistant:
             )
         return answer
 
-    def ask(
-        self,
-        question: str,
-        history: list | None = None,
-        k: int | None = None,
-        mode: str | None = None,
-        generate: bool = True,
-    ) -> Answer:
-        return self.stream(question, history, k=k, mode=mode, generate=generate).result()
+    def ask(self, question: str, history: list | None = None, **options) -> Answer:
+        """The whole answer at once: `stream(question, history, **options)` run to its end (k, mode, generate)."""
+        return self.stream(question, history, **options).result()
 
     def add_files(self, paths: list[str | Path], skip_bad: bool = False, progress: bool = False) -> IndexReport:
         """Index more corpus files incrementally; the new papers are searchable as soon as this returns."""

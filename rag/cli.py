@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         where = f": {e.filename}" if e.filename else ""
         print(f"error: {mask_url(str(e.strerror or e))}{where}; the existing index is unchanged", file=sys.stderr)
-    except sqlite3.Error as e:  # the catalog or the build's scratch file, e.g. "database or disk is full"
+    except sqlite3.Error as e:  # the index's SQLite files, e.g. "database or disk is full"
         print(f"error: {error_line(e, typed=False)}; the existing index is unchanged", file=sys.stderr)
     except KeyboardInterrupt:
         print("interrupted; the existing index is unchanged", file=sys.stderr)
