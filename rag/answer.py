@@ -17,7 +17,7 @@ from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass, field
 
 from rag import conversation, limits
-from rag.citations import FREE, Checked, StreamVerifier, judge, judge_reliable, numbers
+from rag.citations import FREE, Checked, StreamVerifier, judge, judge_reliable, numbers, parse_markers
 from rag.evidence import (
     QUANTITY_QUESTION,
     Evidence,
@@ -30,6 +30,7 @@ from rag.evidence import (
 from rag.generation import Deadline, Writer
 from rag.llm import EVIDENCE_ONLY
 from rag.overview import (
+    CONNECTIVE,
     OVERVIEW_CANDIDATES,
     WHICH_PAPERS,
     Section,
@@ -424,9 +425,12 @@ def generate(
 
     def repeats_opening(checked: Checked) -> bool:
         """Nothing the opening and the question do not already say: fewer than two new words, or (when the opening
-        quotes the evidence) stated only by the sentences the opening quotes."""
+        quotes the evidence) stated only by the sentences the opening quotes. A sentence that opens with a
+        connective ("This enables ...") after another paper's sentence is left out too: its referent is not shown."""
         if not draft.pieces:
             return False
+        if CONNECTIVE.match(checked.text) and set(checked.cited) - set(parse_markers(draft.pieces[-1])):
+            return True
         said = content_terms(answer.opening) | content_terms(query)
         only_quoted = style == "extractive" and {ev.quote for ev in checked.supporting} <= quoted_first
         return only_quoted or len(content_terms(checked.text) - FREE - said) < 2
