@@ -23,7 +23,8 @@ def search_report(bundled_index):
 @pytest.fixture(scope="module")
 def answer_report(bundled_index):
     """Every dev question answered with the default backend (the bundled SmolLM2 through llama.cpp)."""
-    return evaluate(Assistant(Settings(index_dir=bundled_index)), DEV_SET, progress=False)
+    settings = Settings(index_dir=bundled_index, llm_deadline=600)  # the figures, not the speed of a loaded machine
+    return evaluate(Assistant(settings), DEV_SET, progress=False)
 
 
 def test_hybrid_search_recall(search_report, capsys):
