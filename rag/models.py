@@ -81,7 +81,13 @@ TOKEN_BUDGET = 8 * 256
 
 def token_batches(lengths: list[int], budget: int = TOKEN_BUDGET) -> list[list[int]]:
     """Indices of texts (by their token counts) in runs whose padded size, texts x the longest, stays within the
-    budget (a text longer than the budget runs alone); texts of similar length together, so little is padding."""
+    budget (a text longer than the budget runs alone); texts of similar length together, so little is padding.
+    Texts that fit the budget together stay one run, as given: int8 vectors depend on the run a text is in (dynamic
+    quantization scales a run's activations together), and runs of indexing batches and of a question with its
+    parts then give the vectors they always gave (a fresh bundled index split into runs lost dev Recall@5 0.955 ->
+    0.935)."""
+    if lengths and len(lengths) * max(lengths) <= budget:
+        return [list(range(len(lengths)))]
     batches: list[list[int]] = []
     for i in sorted(range(len(lengths)), key=lengths.__getitem__):  # shortest first: the newest is the longest
         if batches and (len(batches[-1]) + 1) * lengths[i] <= budget:
