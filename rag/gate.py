@@ -29,8 +29,8 @@ from rag.settings import Settings
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]"]  # as Starlette parses a Host header (IPv6 in brackets)
-# A chat request with a long conversation is ~100 KB (100 turns of a 4,000-character question and its answer); the
-# JSON parser holds a body ~4x in memory as str and objects.
+# A chat request with a long conversation (100 turns, each a 4,000-character question and its answer) is under 1 MB;
+# the JSON parser holds a body a few times over in memory as str and objects.
 MAX_BODY_BYTES = 4 * 2**20
 MULTIPART_SLACK_BYTES = 2**20
 
