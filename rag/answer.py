@@ -302,6 +302,7 @@ class Draft:
     asks: list[str] = field(default_factory=list)  # the query and the parts it asks
     ask_vectors: list = field(default_factory=list)
     scored: list[Evidence] = field(default_factory=list)  # every sentence of the top papers, scored, best first
+    answering: list[Evidence] = field(default_factory=list)  # the evidence that answers each part of the question
     timings: dict[str, float] = field(default_factory=dict)
     pieces: list[str] = field(default_factory=list)  # the prose yielded so far; joined they are the prose
 
@@ -421,7 +422,7 @@ def generate(
     """The LLM's sentences from the numbered evidence, each yielded once verified (rag/citations.py) and only when
     it adds something the opening does not say. Any failure of the LLM becomes one notice; the evidence stands."""
     answer, question, query = draft.answer, draft.answer.question, draft.answer.query
-    quoted_first = {ev.quote for ev in answering_sentences(question, answer.evidence)}
+    quoted_first = {ev.quote for ev in draft.answering}
 
     def repeats_opening(checked: Checked) -> bool:
         """Nothing the opening and the question do not already say: fewer than two new words, or (when the opening
@@ -500,7 +501,7 @@ def run(
         yield from overview(draft, searcher)  # the lines are quotes: the bundled model adds nothing to them
         return draft.finish()
     style = answer_style(settings)
-    answering = answering_sentences(answer.question, answer.evidence)
+    answering = draft.answering = answering_sentences(answer.question, answer.evidence)
     named = bool(WHICH_PAPER.search(answer.question))
     if named and not answer.evidence[0].part_scores:  # "which method ...?" asking one thing: where it is named
         answering = [naming_sentence(draft.scored, answer.evidence) or answering[0]]

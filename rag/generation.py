@@ -77,13 +77,13 @@ class Slots:
             self._free.put(member)
 
     @contextmanager
-    def take(self, deadline: Deadline, give_up: threading.Event | None = None):
+    def take(self, deadline: Deadline):
         while True:
             try:
                 member = self._free.get(timeout=min(POLL, max(deadline.remaining(), 0.001)))
                 break
             except queue.Empty:
-                if deadline.remaining() <= 0 or (give_up is not None and give_up.is_set()):
+                if deadline.remaining() <= 0:
                     raise LLMError(f"no free LLM slot within the deadline of {deadline.seconds:g} s") from None
         try:
             yield member
@@ -233,10 +233,6 @@ class LocalWorker:
         self._conn = None
         self._failed: tuple[float, ModelError] | None = None
         self._closed = False
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
 
     def ensure_started(self) -> None:
         """Start the child if it is not running: it loads the model and passes the start-up check, or this raises a
