@@ -31,7 +31,7 @@ def real_index(index_dir: Path) -> tuple[list[dict], dict[str, np.ndarray]]:
     from rag.settings import Settings
 
     searcher = Searcher(Settings(index_dir=index_dir))
-    papers = list(searcher.papers.values())
+    papers = [p.to_dict() for p in searcher.papers.values()]
     got = searcher.vectors.collection.get(include=["embeddings"], limit=len(papers) + 1000)
     vectors = {pid: np.asarray(vec, dtype=np.float32) for pid, vec in zip(got["ids"], got["embeddings"], strict=True)}
     assert storage.read_manifest(index_dir)["papers"] == len(vectors)

@@ -19,6 +19,7 @@ from typing import Any
 from rag import answer as answering
 from rag import limits, storage
 from rag.answer import Answer, AnswerStream
+from rag.corpus import Paper
 from rag.generation import Deadline, Slots, Writer, start_workers
 from rag.index import IndexReport, build_index
 from rag.llm import LOCAL_BACKENDS, admin_model, describe, make_llm
@@ -353,16 +354,16 @@ class Assistant:
             "llm": self.describe_llm(),
         }
 
-    def paper(self, paper_id: str) -> dict | None:
-        """One indexed paper (id, title, abstract, url, source, ...), or None."""
+    def paper(self, paper_id: str) -> Paper | None:
+        """One indexed paper, or None."""
         return self.searcher.papers.get(paper_id)
 
-    def papers(self, paper_ids) -> dict[str, dict]:
+    def papers(self, paper_ids) -> dict[str, Paper]:
         """The indexed papers of these ids, by id (ids not in the index are left out); one lookup each."""
         table = self.searcher.papers
         return {pid: paper for pid in dict.fromkeys(paper_ids) if (paper := table.get(pid)) is not None}
 
-    def papers_titled(self, titles: list[str]) -> list[dict]:
+    def papers_titled(self, titles: list[str]) -> list[Paper]:
         """The indexed papers whose normalized title is one of these titles'."""
         return self.searcher.papers.titled(titles)
 

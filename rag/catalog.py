@@ -29,6 +29,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from rag.bm25 import Segment, bm25_weight, needs_segment, remove_segments, write_segment
+from rag.corpus import Paper, title_key
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS papers (
@@ -158,7 +159,7 @@ class Catalog:
                     )
                 self.conn.execute(
                     "INSERT OR REPLACE INTO papers VALUES (?,?,?,?,?,?,?,?,?,?,?,NULL)",
-                    (p.id, p.title, p.abstract, p.url, p.source, p.authors, p.year, title_key_of(p.title))
+                    (p.id, p.title, p.abstract, p.url, p.source, p.authors, p.year, title_key(p.title))
                     + (json.dumps(extra_of(p)), len(texts), generation),
                 )
                 for text, indexed in texts:
@@ -247,12 +248,6 @@ def unpack_vectors(blob: bytes):
 
     dim = int(np.frombuffer(blob[:4], dtype=np.int32)[0])
     return np.frombuffer(blob[4:], dtype=np.float16).astype(np.float32).reshape(-1, dim)
-
-
-def title_key_of(title: str) -> str:
-    from rag.corpus import title_key
-
-    return title_key(title)
 
 
 def extra_of(paper) -> dict:
@@ -420,17 +415,17 @@ class CatalogReader:
 
 
 class PaperTable(Mapping):
-    """paper id -> {id, title, abstract, url, source, authors, year, line, categories, sources}, read from disk."""
+    """paper id -> its `Paper`, read from disk."""
 
     def __init__(self, reader: CatalogReader):
         self._reader = reader
         self._len: int | None = None
 
     @staticmethod
-    def _row(row: sqlite3.Row) -> dict:
-        return {**{k: row[k] for k in PAPER_KEYS}, **json.loads(row["extra"])}
+    def _row(row: sqlite3.Row) -> Paper:
+        return Paper(**{k: row[k] for k in PAPER_KEYS}, **json.loads(row["extra"]))
 
-    def __getitem__(self, pid: str) -> dict:
+    def __getitem__(self, pid: str) -> Paper:
         row = self._reader.conn.execute(
             f"SELECT * FROM papers WHERE id = ? AND {visible_at(self._reader.generation)}", (pid,)
         ).fetchone()
@@ -453,9 +448,9 @@ class PaperTable(Mapping):
         rows = self._reader.conn.execute(f"SELECT * FROM papers WHERE {visible_at(self._reader.generation)}")
         return [self._row(r) for r in rows]
 
-    def titled(self, titles: list[str]) -> list[dict]:
+    def titled(self, titles: list[str]) -> list[Paper]:
         """The papers whose normalized title is one of these titles'."""
-        keys, out = sorted({title_key_of(t) for t in titles}), []
+        keys, out = sorted({title_key(t) for t in titles}), []
         for start in range(0, len(keys), 500):
             part = keys[start : start + 500]
             rows = self._reader.conn.execute(

@@ -317,7 +317,7 @@ def missing_gold(assistant, questions: list[dict]) -> list[str]:
     if titled is None:
         return []
     gold = sorted({t for q in questions for t in q.get("gold_titles") or []})
-    indexed = {title_key(p["title"]) for p in titled(gold)}
+    indexed = {title_key(p.title) for p in titled(gold)}
     return [t for t in gold if title_key(t) not in indexed]
 
 

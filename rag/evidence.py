@@ -19,6 +19,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
+from rag.corpus import Paper
 from rag.roles import sentence_roles, wanted_roles
 from rag.sentences import split_sentences
 
@@ -164,13 +165,13 @@ def asked_kind(question: str) -> str | None:
     return None
 
 
-def paper_sentences(paper: dict) -> list[str]:
+def paper_sentences(paper: Paper) -> list[str]:
     """The abstract's sentences, plus metadata lines where the corpus gave authors or a year."""
-    out = split_sentences(paper["abstract"])
-    if paper.get("authors"):
-        out.append(f"Authors: {paper['authors']}.")
-    if paper.get("year"):
-        out.append(f"Year: {paper['year']}.")
+    out = split_sentences(paper.abstract)
+    if paper.authors:
+        out.append(f"Authors: {paper.authors}.")
+    if paper.year:
+        out.append(f"Year: {paper.year}.")
     return out
 
 
@@ -240,7 +241,7 @@ def score_sentences(
         paper = papers[hit.paper_id]
         sentences = paper_sentences(paper)
         known = stored.get(hit.paper_id)
-        if known is None or len(known) != len(split_sentences(paper["abstract"])):
+        if known is None or len(known) != len(split_sentences(paper.abstract)):
             known = []  # indexed before sentence vectors were stored, or split differently: embed them now
         found = sentence_roles(known) if roles and len(known) else []
         kinds += [found[i] if i < len(found) else "" for i in range(len(sentences))]
@@ -256,7 +257,7 @@ def score_sentences(
     meaning = np.asarray(vectors, dtype=np.float32) @ np.asarray(ask_vectors, dtype=np.float32).T
     ask_terms = [content_terms(a) for a in asks]
     wants = [[holds for kind, holds in ANSWER_KINDS if kind.search(a)][:1] for a in asks]
-    title_terms = {hit.paper_id: content_terms(papers[hit.paper_id]["title"]) for hit in hits}
+    title_terms = {hit.paper_id: content_terms(papers[hit.paper_id].title) for hit in hits}
     demote = roles and "background" not in wanted_roles(asks[0])
     out = []
     for (hit, paper, sentence), cosines, role in zip(rows, meaning.tolist(), kinds):
@@ -266,7 +267,7 @@ def score_sentences(
         ]
         if demote and role == "background":
             scores = [x * BACKGROUND_WEIGHT for x in scores]
-        ev = Evidence(0, hit.paper_id, paper["title"], paper["url"], sentence, round(scores[0], 4), hit.rank, role=role)
+        ev = Evidence(0, hit.paper_id, paper.title, paper.url, sentence, round(scores[0], 4), hit.rank, role=role)
         ev.part_scores = [round(x, 4) for x in scores[1:]]
         out.append(ev)
     out.sort(key=lambda e: -e.score)

@@ -236,8 +236,8 @@ def build_index(
                 reader = CatalogReader(storage.catalog_path(index_dir, live["store"]), live["generation"])
                 try:
                     for keys in incoming.title_keys():
-                        for row in reader.papers.titled(keys):
-                            incoming.add(Paper(**row), indexed=True)
+                        for paper in reader.papers.titled(keys):
+                            incoming.add(paper, indexed=True)
                 finally:
                     reader.close()
             report.notes += incoming.merge()

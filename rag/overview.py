@@ -123,7 +123,7 @@ def paper_features(question: str, hits: list, key: dict[str, Evidence], vectors:
         if h.paper_id not in key or h.paper_id not in means:
             continue
         paper = papers[h.paper_id]
-        said = content_terms(f"{paper['title']} {paper['abstract']}")
+        said = content_terms(f"{paper.title} {paper.abstract}")
         m = means[h.paper_id]
         out[h.paper_id] = [
             key[h.paper_id].score,

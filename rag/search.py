@@ -122,11 +122,9 @@ class Searcher:
             paper = self.papers.get(pid)
             if paper is None:
                 continue
-            text = text or paper["abstract"]
+            text = text or paper.abstract
             snippet = text if len(text) <= SNIPPET_CHARS else text[:SNIPPET_CHARS].rsplit(" ", 1)[0] + " …"
-            hits.append(
-                Hit(len(hits) + 1, pid, paper["title"], paper["url"], round(score, 4), snippet, paper["source"])
-            )
+            hits.append(Hit(len(hits) + 1, pid, paper.title, paper.url, round(score, 4), snippet, paper.source))
             if len(hits) == k:
                 break
         return hits

@@ -239,7 +239,7 @@ def search_routes(assistant) -> APIRouter:
         found = guarded(assistant.paper, paper_id)
         if found is None:
             raise ApiError(404, f"no paper {paper_id!r} in the index", code="paper_not_found")
-        return found
+        return found.to_dict()
 
     return router
 

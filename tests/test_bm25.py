@@ -29,7 +29,7 @@ def reader_of(index_dir) -> CatalogReader:
 
 
 def top_title(reader: CatalogReader, query: str) -> str:
-    return reader.papers[reader.bm25(query, 5)[0][0]]["title"]
+    return reader.papers[reader.bm25(query, 5)[0][0]].title
 
 
 def add_paper(path, title, abstract):
@@ -99,7 +99,7 @@ def test_added_removed_and_readded_papers_stay_searchable(segmented, isolated_in
     # remove the paper whose chunk has the segment's last rowid (the last rowid of all): a paper added next gets a
     # rowid after the segment's (SQLite would reuse the freed one, which the segment scores as the chunk it held)
     last = reader.conn.execute("SELECT paper_id FROM chunks WHERE rowid = ?", (first.last_rowid,)).fetchone()[0]
-    title = reader.papers[last]["title"]
+    title = reader.papers[last].title
     rows = [json.loads(line) for line in segmented.read_text().splitlines()]
     segmented.write_text("".join(json.dumps(r) + "\n" for r in rows if r["title"] != title))
     assert build_index(settings, progress=False).removed == 1

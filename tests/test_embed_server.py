@@ -82,7 +82,7 @@ def test_a_server_embeds_the_index_batched_and_retried_and_search_runs_locally(s
 
     hit = local.search("proxy-tuning", k=1)[0]
     stored = local.searcher.catalog.sentence_vectors([hit.paper_id])[hit.paper_id]
-    sentences = split_sentences(local.searcher.papers[hit.paper_id]["abstract"])
+    sentences = split_sentences(local.searcher.papers[hit.paper_id].abstract)
     alone = np.asarray(load_embedder("bundled", "onnx").encode(sentences))
     assert np.asarray(stored).shape == alone.shape
     assert ((np.asarray(stored) * alone).sum(1) > 0.999).all()  # float16 storage of the server's vectors

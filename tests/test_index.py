@@ -97,7 +97,7 @@ def test_incremental_reindex(corpus, isolated_index, monkeypatch, chroma_mode):
     searcher = Assistant(settings).searcher
     hits = searcher.search("brand new benchmark retrieval augmented generation", k=1)
     assert hits[0].title == "A Brand New Paper"
-    assert len(searcher.papers) == 10 and removed_title not in {p["title"] for p in searcher.papers.values()}
+    assert len(searcher.papers) == 10 and removed_title not in {p.title for p in searcher.papers.values()}
     assert len(list(isolated_index.glob("store-*"))) == 1  # updated in place, no copy
     assert searcher.vectors.collection.count() == 10  # the replaced and removed papers' vectors are deleted
 
@@ -133,7 +133,7 @@ def test_adding_a_file_parses_only_that_file(corpus, tmp_path, isolated_index, m
     assert (report.papers, report.new, report.changed, report.removed) == (11, 0, 1, 0)
     hits = Assistant(settings).search("proxy-tuning black-box", k=3)
     assert [h.title for h in hits].count(PROXY) == 1
-    assert Assistant(settings).searcher.papers[hits[0].paper_id]["abstract"].endswith("revised abstract.")
+    assert Assistant(settings).searcher.papers[hits[0].paper_id].abstract.endswith("revised abstract.")
     again.unlink()
     longer.unlink()  # gone: every file is parsed again, and the first version of the paper is back
     report = build_index(settings, progress=False)
@@ -180,8 +180,8 @@ def test_interrupted_build_leaves_the_previous_index(corpus, isolated_index, mon
     assert storage.live_version(isolated_index) == before
     searcher = Assistant(settings).searcher
     hit = searcher.search("proxy-tuning black-box", k=1)[0]
-    assert hit.title == PROXY and not searcher.papers[hit.paper_id]["abstract"].endswith("Changed.")
-    assert all(not p["abstract"].endswith("Changed.") for p in searcher.papers.values())
+    assert hit.title == PROXY and not searcher.papers[hit.paper_id].abstract.endswith("Changed.")
+    assert all(not p.abstract.endswith("Changed.") for p in searcher.papers.values())
 
     calls.clear()
     monkeypatch.setattr(
@@ -190,7 +190,7 @@ def test_interrupted_build_leaves_the_previous_index(corpus, isolated_index, mon
     report = build_index(settings, progress=False)
     assert report.changed == 10 and len(calls) == 3  # 2 of 5 batches were written before the kill: not redone
     searcher = Assistant(settings).searcher
-    assert all(p["abstract"].endswith("Changed.") for p in searcher.papers.values()) and len(searcher.papers) == 10
+    assert all(p.abstract.endswith("Changed.") for p in searcher.papers.values()) and len(searcher.papers) == 10
     assert searcher.vectors.collection.count() == 10
 
 
@@ -357,7 +357,7 @@ def test_sentence_vectors_come_from_the_chunk_pass_unless_isolated(corpus, isola
     assistant = Assistant(settings)
     stored = assistant.searcher.catalog.sentence_vectors(list(assistant.searcher.papers))
     for pid, paper in assistant.searcher.papers.items():
-        assert len(stored[pid]) == len(split_sentences(paper["abstract"]))
+        assert len(stored[pid]) == len(split_sentences(paper.abstract))
         assert np.allclose(np.linalg.norm(stored[pid], axis=1), 1.0, atol=0.01)
     answer = assistant.ask("How much of the gap to the truly-tuned chat model does proxy-tuning close?")
     assert answer.evidence[0].title == PROXY and "88%" in answer.evidence[0].quote
@@ -457,7 +457,7 @@ def test_uploads_survive_moving_the_index_and_same_named_files_stay_distinct(tmp
     write_records(uploads / "mine.jsonl", rows[:2])
     build_index(Settings(), [tmp_path / "lab", uploads / "mine.jsonl"], progress=False)
     assert storage.read_manifest(isolated_index)["sources"] == [str((tmp_path / "lab").resolve()), "uploads/mine.jsonl"]
-    shown = {p["source"] for p in Assistant(Settings()).searcher.papers.values()}
+    shown = {p.source for p in Assistant(Settings()).searcher.papers.values()}
     lab = str((tmp_path / "lab").resolve())
     assert shown == {f"{lab}/a/papers.jsonl", f"{lab}/b/papers.jsonl"}  # the uploaded two are also in lab/a
 

@@ -12,7 +12,7 @@ import pytest
 from rag.access import Keys
 from rag.answer import Answer, AnswerStream
 from rag.assistant import Assistant
-from rag.corpus import CorpusError
+from rag.corpus import CorpusError, Paper
 from rag.evidence import Evidence
 from rag.index import IndexReport
 from rag.limits import check_text
@@ -28,25 +28,22 @@ ABSTRACT = (
     "The method needs no access to the weights."
 )
 PAPERS = {
-    "p1": {
-        "id": "p1",
-        "title": "Tuning Language Models by Proxy",
-        "abstract": ABSTRACT,
-        "url": "https://arxiv.org/abs/2401.08565",
-        "source": "papers.jsonl",
-    },
-    "p2": {
-        "id": "p2",
-        "title": XSS_TITLE,
-        "abstract": f"{XSS_SCRIPT} is what this abstract says. Nothing else.",
-        "url": "javascript:alert(1)",
-        "source": "evil.jsonl",
-    },
+    "p1": Paper(
+        "p1", "Tuning Language Models by Proxy", ABSTRACT, "https://arxiv.org/abs/2401.08565", "papers.jsonl", 1
+    ),
+    "p2": Paper(
+        "p2",
+        XSS_TITLE,
+        f"{XSS_SCRIPT} is what this abstract says. Nothing else.",
+        "javascript:alert(1)",
+        "evil.jsonl",
+        1,
+    ),
 }
 
 
 def evidence(n, pid, quote, score=0.7, rank=1):
-    return Evidence(n, pid, PAPERS[pid]["title"], PAPERS[pid]["url"], quote, score, rank)
+    return Evidence(n, pid, PAPERS[pid].title, PAPERS[pid].url, quote, score, rank)
 
 
 def cited_answer(question="How much of the gap does proxy-tuning close?") -> Answer:

@@ -172,12 +172,12 @@ def cited_cards(turn: int, answer: Answer, papers: dict) -> str:
     cards = []
     for c in answer.citations:
         evs = [ev for ev in answer.evidence if ev.n == c.n]
-        paper = papers.get(c.paper_id, {})
+        paper = papers.get(c.paper_id)
         meta = [f"score {max((ev.score for ev in evs), default=0):.2f}"]
         if evs:
             meta.append(f"search rank {evs[0].rank}")
-        if paper.get("source"):
-            meta.append(esc(paper["source"]))
+        if paper and paper.source:
+            meta.append(esc(paper.source))
         marks = [(c.n, ev.quote, ev.score) for ev in evs]
         cards.append(
             f'<div class="rag-card" data-paper="{esc(c.paper_id)}">'
@@ -185,7 +185,7 @@ def cited_cards(turn: int, answer: Answer, papers: dict) -> str:
             f'<div class="rag-card-title"><span class="rag-nums">[{c.n}]</span>'
             f"{title_link(c.title, c.url)}</div>"
             f'<div class="rag-meta">{" · ".join(meta)}</div>'
-            f'<p class="rag-abstract">{highlight(paper.get("abstract", ""), marks)}</p></div>'
+            f'<p class="rag-abstract">{highlight(paper.abstract if paper else "", marks)}</p></div>'
         )
     return "".join(cards)
 
