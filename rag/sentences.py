@@ -7,30 +7,7 @@ import re
 # A sentence ends at . ! or ? followed by space and a capital, digit or opening bracket, unless the word before the
 # full stop is a common abbreviation. Abstracts rarely need more; NLTK's punkt (llama-index's default) agrees on the
 # bundled corpus for all but a handful of "et al."-style cases and costs 1.6 s of import on every cold index.
-ABBREVIATIONS = {
-    "e.g",
-    "i.e",
-    "et al",
-    "etc",
-    "vs",
-    "cf",
-    "fig",
-    "figs",
-    "eq",
-    "eqs",
-    "sec",
-    "no",
-    "approx",
-    "resp",
-    "al",
-    "dr",
-    "mr",
-    "ms",
-    "st",
-    "ca",
-    "viz",
-    "incl",
-}
+ABBREVIATIONS = {"et al", *"e.g i.e etc vs cf fig figs eq eqs sec no approx resp al dr mr ms st ca viz incl".split()}
 BOUNDARY = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=\S)")
 
 
