@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from rag import conversation, limits
 from rag.citations import FREE, Checked, StreamVerifier, judge, judge_reliable, numbers, parse_markers
 from rag.evidence import (
+    INTRODUCES,
     QUANTITY_QUESTION,
     Evidence,
     asked_parts,
@@ -38,6 +39,7 @@ from rag.overview import (
     question_kind,
     select_papers,
     short_name,
+    standalone,
 )
 from rag.overview import opening as overview_opening
 from rag.search import Hit, Searcher
@@ -66,9 +68,6 @@ WHICH_PAPER = re.compile(
     re.I,
 )
 # The sentence where a paper names what it introduces: the answer to "which method ...?".
-INTRODUCES = re.compile(
-    r"\bwe (propose|introduce|present|develop|design|call|name)\b|\b(called|named|dubbed|termed)\b", re.I
-)
 NAMING_SHARE = 0.8  # such a sentence opens a "which method" answer when it scores this share of the paper's best
 
 
@@ -189,7 +188,7 @@ def references_block(citations: list[Citation]) -> str:
     lines = [REFERENCES]
     for c in citations:
         lines.append(f"[{c.n}] {c.title} <{c.url}>")
-        lines += [f"    “{quote}”" for quote in c.quotes]
+        lines += [f"    “{display(quote)}”" for quote in c.quotes]
     return "\n".join(lines)
 
 
@@ -385,7 +384,7 @@ def overview(draft: Draft, searcher: Searcher) -> Iterator[str]:
             numbers.append(ev.n)
             lines.append(
                 (
-                    f"- {short_name(ev.title)} [{ev.n}]: “{display(ev.quote)}”",
+                    f"- {short_name(ev.title)} [{ev.n}]: “{display(standalone(ev.quote) or ev.quote)}”",
                     "\n\n" if ev.n == 1 and not name else "\n",
                 )
             )

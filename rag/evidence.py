@@ -52,6 +52,10 @@ def later(first: str, then: str) -> str:
 
 
 NUMBER = re.compile(r"\d")
+# A sentence that says what its paper contributes: "We propose X, ...", "... a method called X".
+INTRODUCES = re.compile(
+    r"\bwe (propose|introduce|present|develop|design|call|name)\b|\b(called|named|dubbed|termed)\b", re.I
+)
 QUANTITY_QUESTION = re.compile(
     r"\b(how (many|much|large|big|fast|long|often)|what (percentage|fraction|number|"
     r"size|accuracy|score)|by how|which (size|number)|(number|amount|fraction|percentage|share) of|"

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rag.evidence import STOPWORDS, Evidence, content_terms, stems
+from rag.evidence import INTRODUCES, STOPWORDS, Evidence, content_terms, stems
 from rag.roles import wanted_roles
 
 OVERVIEW_CANDIDATES = 25  # papers considered; hybrid search holds 73% of the relevant ones in its top 20 (dev)
@@ -47,6 +47,12 @@ CONNECTIVE = re.compile(
     r"building on|to (this|that) end|thus|therefore|hence|finally|also|besides|as a result|in contrast|instead|"
     r"specifically|consequently|then|to (tackle|address|solve|overcome|mitigate|fill) (this|these|that|those|such|"
     r"the above))\b",
+    re.I,
+)
+# "To accelerate such tedious process, ...", "Despite these advances, ...": refers back to a sentence not shown.
+REFERS_BACK = re.compile(
+    r"^\W*(?:[\w-]+[\s,]+){0,4}?(such(?! as\b)|these|those|the above|the aforementioned|"
+    r"this(?! (paper|work|study|article|survey|letter|report|thesis)\b))\b",
     re.I,
 )
 LIST_ITEM = re.compile(
@@ -147,11 +153,31 @@ def key_sentences(scored: list[Evidence], wanted: tuple[str, ...] = ()) -> dict[
     key = {}
     for pid, sentences in by_paper.items():
         best = sentences[0]
-        alone = [ev for ev in sentences if not (CONNECTIVE.match(ev.quote) or LIST_ITEM.match(ev.quote))]
+        alone = [ev for ev in sentences if standalone(ev.quote)]
         standing = [ev for ev in alone if ev.score >= STANDALONE_SHARE * best.score]
         preferred = [ev for ev in standing if ev.role and ev.role in wanted[:2]]
+        if {"objective", "method"} & set(wanted[:2]):  # what a paper does: the sentence that says what it proposes
+            preferred = [ev for ev in preferred or standing if INTRODUCES.search(ev.quote)] or preferred
         key[pid] = (preferred or standing or alone or [best])[0]
     return key
+
+
+LEAD_IN = re.compile(r"^[^,;:]{3,60}?,\s+(?=\S)")  # "Utilizing this feature, " before what the sentence says
+
+
+def standalone(quote: str) -> str:
+    """The sentence as an overview line shows it: whole when it stands on its own; without a lead-in clause that
+    refers to a sentence not shown ("Utilizing this feature, we propose EREN ..." -> "… we propose EREN ..."); ""
+    when it cannot stand alone ("This method ...", a list item cut from its list)."""
+    if LIST_ITEM.match(quote):
+        return ""
+    if not (CONNECTIVE.match(quote) or REFERS_BACK.match(quote)):
+        return quote
+    lead = LEAD_IN.match(quote)
+    rest = quote[lead.end() :] if lead else ""
+    if len(rest.split()) < 6 or CONNECTIVE.match(rest) or REFERS_BACK.match(rest):
+        return ""
+    return f"… {rest}"
 
 
 def select_papers(question: str, hits: list, scored: list[Evidence], vectors: dict, ask_vector, papers):
@@ -168,7 +194,8 @@ def select_papers(question: str, hits: list, scored: list[Evidence], vectors: di
 def group_by_approach(
     chosen: list[Evidence], vector_of: dict[str, np.ndarray], question: str
 ) -> list[tuple[str, list[Evidence]]]:
-    """(name, key sentences) of each group, the largest first; papers alone in a group go last, as one group."""
+    """(name, key sentences) of each group, the largest first; papers alone in a group, or in a group that no
+    distinctive word names, go last, as one group ("" when it is the only one)."""
     groups: list[list[Evidence]] = []
     centroids: list[np.ndarray] = []
     for ev in chosen:
@@ -182,10 +209,11 @@ def group_by_approach(
             groups.append([ev])
             centroids.append(v.copy())
     several = sorted((g for g in groups if len(g) > 1), key=len, reverse=True)
-    alone = [g[0] for g in groups if len(g) == 1]
-    named = [(group_name(g, chosen, question), g) for g in several]
+    named = [(name, g) for g in several if (name := group_name(g, chosen, question))]
+    grouped = {id(ev) for _, g in named for ev in g}
+    alone = [ev for ev in chosen if id(ev) not in grouped]  # in alone groups, or in a group no word names
     if alone:
-        named.append(("Other approaches" if several else "", alone))
+        named.append(("Other approaches" if named else "", alone))
     return named
 
 
@@ -201,7 +229,8 @@ def terms_as_written(text: str) -> dict[str, str]:
 
 def group_name(members: list[Evidence], chosen: list[Evidence], question: str) -> str:
     """The words most of the group's titles share (else its key sentences) and the overview's other papers do not
-    use, the question's own words left out: the two most distinctive, in the order the first title has them."""
+    use, the question's own words left out: the two most distinctive, in the order the first title has them; "" when
+    no word qualifies."""
     asked = content_terms(question)
     others = [ev for ev in chosen if ev not in members]
     need = max(2, math.ceil(len(members) / 2))
@@ -223,7 +252,7 @@ def group_name(members: list[Evidence], chosen: list[Evidence], question: str) -
             first = text_of(members[0]).lower()
             words = sorted((spelled[t] for t in ranked[:2]), key=lambda w: (first.find(w.lower()) % 10_000, w))
             return " ".join(words).capitalize()
-    return "Related approaches"
+    return ""
 
 
 # Words that name no approach: they are in every abstract.
@@ -234,7 +263,8 @@ GENERIC = (
             "performance existing novel new based using use data training learning large language work demonstrate "
             "achieve achieves experiments extensive state art significantly improve improves improved improvement "
             "effective efficient introduce present study various different however while also such more than which "
-            "this these that their our can both".split()
+            "this these that their our can both utilizing utilize leveraging leverage via towards toward aiming "
+            "addressing enhancing improving without need further".split()
         )
     )
     | STOPWORDS
@@ -247,13 +277,16 @@ NAME_TOKEN = re.compile(r"\b(?=[\w\-+]*(?:[a-z][A-Z]|[A-Z]{2}|\d))[A-Za-z][\w\-+
 
 def short_name(title: str) -> str:
     """What a reader calls the paper: the part before a colon when it is a name ("FreeNoise: Tuning-Free ..." ->
-    "FreeNoise"), else a name-like word of the title (CamelCase, acronym), else its first words."""
+    "FreeNoise"), else a name-like word of the title (CamelCase, acronym), else the part before a colon of up to six
+    words, else its first words."""
     head, colon, _ = title.partition(":")
     if colon and len(head.split()) <= 3:
         return head.strip()
     found = [t for t in NAME_TOKEN.findall(title) if t.rstrip("s") not in GENERIC_NAMES]
     if found:
         return found[0]
+    if colon and len(head.split()) <= 6:  # "No Training, No Problem: Rethinking ..." -> "No Training, No Problem"
+        return head.strip()
     words = title.split()
     return " ".join(words[:6]) + (" …" if len(words) > 6 else "")
 

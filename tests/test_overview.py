@@ -9,7 +9,7 @@ import pytest
 
 from rag import Assistant
 from rag.answer import display
-from rag.overview import question_kind, short_name
+from rag.overview import question_kind, short_name, standalone
 from rag.settings import Settings
 from tests.live import PROXY, client, keyed, running
 
@@ -42,6 +42,20 @@ def test_short_names():
     assert short_name("FreeNoise: Tuning-Free Longer Video Diffusion Via Noise Rescheduling") == "FreeNoise"
     assert short_name("Tuning Language Models by Proxy") == "Tuning Language Models by Proxy"
     assert short_name("Scaling Laws for LoRA Adapters in Practice Today") == "LoRA"
+    assert short_name("No Training, No Problem: Rethinking Classifier-Free Guidance") == "No Training, No Problem"
+
+
+def test_an_overview_line_never_refers_to_a_sentence_it_does_not_show():
+    cut = "Utilizing this feature, we propose EREN (Edit models by REading Notes) to improve LLM editing."
+    assert standalone(cut) == "… we propose EREN (Edit models by REading Notes) to improve LLM editing."
+    assert standalone("To accelerate such tedious process, reducing steps uniformly is a common principle.") == (
+        "… reducing steps uniformly is a common principle."
+    )
+    for whole in ("In this paper, we propose FreeNoise for longer videos.", "Methods such as LoRA cut memory use."):
+        assert standalone(whole) == whole
+    dependents = ("This method halves the cost of sampling.", "(ii) a sampler that needs four steps.", "Moreover, it works.")
+    for dependent in dependents:
+        assert standalone(dependent) == ""
 
 
 def test_an_open_question_gets_the_relevant_papers_each_with_its_sentence_quoted(fixture_index):
@@ -56,7 +70,9 @@ def test_an_open_question_gets_the_relevant_papers_each_with_its_sentence_quoted
     for line in quoted:  # "- Name [n]: “sentence”": the sentence is the cited paper's, as shown in its abstract
         name, n, sentence = re.fullmatch(r"- (.+) \[(\d+)\]: “(.+)”", line).groups()
         paper = cited[int(n)]
-        assert name == short_name(paper.title) and sentence in {display(q) for q in paper.quotes}
+        # whole, or without a lead-in clause that refers to a sentence not shown ("… we propose ...")
+        assert name == short_name(paper.title)
+        assert any(display(q).endswith(sentence.removeprefix("… ")) for q in paper.quotes)
     assert [n for s in answer.sections for n in s.papers] == sorted(cited)
     data = answer.to_dict()
     assert data["kind"] == "papers" and data["sections"][0]["papers"]
