@@ -60,6 +60,11 @@ SYNTHESIS = (
     "it, like [1]. Use only what the context states, with its exact numbers and names. If the context does not "
     "answer the question, say so."
 )
+GROUP_SENTENCES = (
+    "For each group, write one sentence that says what its papers do or find about the question, and end it with "
+    "the numbers of the papers it draws on, like [1][2]. Use only what the quotes state, with their exact numbers "
+    "and names. One sentence per group, in the order given, and nothing else."
+)
 EXTRACTIVE_SENTENCES = 2  # sentences of the bundled model checked before generation stops
 SAME_PAPER_SHARE = 0.9  # a part's answer is taken from the top paper when it scores this share of the best
 WHICH_PAPER = re.compile(
@@ -165,20 +170,35 @@ def papers_of(evidence: list[Evidence]) -> list[list[Evidence]]:
     return [groups[n] for n in sorted(groups)]
 
 
-def build_messages(question: str, evidence: list[Evidence], previous: str | None, style: str = "extractive") -> list:
+def context_line(group: list[Evidence], style: str) -> str:
+    """One paper of a prompt's context: [n], its quotes and its title."""
+    quotes = " ".join(f'"{quoted(ev.quote)}"' for ev in group)
+    if style == "synthesis":  # a capable model names the paper it cites: give it the short name to use
+        return f"[{group[0].n}] {quoted(short_name(group[0].title))}: {quotes} ({quoted(group[0].title)})"
+    return f"[{group[0].n}] {quotes} ({quoted(group[0].title)})"  # the bundled model copied names into filler
+
+
+def messages(context: list[str], question: str, instruction: str) -> list:
     from llama_index.core.llms import ChatMessage
 
-    lines = []
-    for group in papers_of(evidence):
-        quotes = " ".join(f'"{quoted(ev.quote)}"' for ev in group)
-        if style == "synthesis":  # a capable model names the paper it cites: give it the short name to use
-            lines.append(f"[{group[0].n}] {quoted(short_name(group[0].title))}: {quotes} ({quoted(group[0].title)})")
-        else:  # the bundled model copied names into filler sentences: only quotes and the title
-            lines.append(f"[{group[0].n}] {quotes} ({quoted(group[0].title)})")
+    user = "Context:\n" + "\n".join(context) + f"\n\n{question}\n{instruction}"
+    return [ChatMessage(role="system", content=SYSTEM_PROMPT), ChatMessage(role="user", content=user)]
+
+
+def build_messages(question: str, evidence: list[Evidence], previous: str | None, style: str = "extractive") -> list:
     earlier = f"Earlier question: {previous}\n" if previous else ""
     instruction = SYNTHESIS if style == "synthesis" else EXTRACTIVE
-    user = "Context:\n" + "\n".join(lines) + f"\n\n{earlier}Question: {question}\n{instruction}"
-    return [ChatMessage(role="system", content=SYSTEM_PROMPT), ChatMessage(role="user", content=user)]
+    context = [context_line(group, style) for group in papers_of(evidence)]
+    return messages(context, f"{earlier}Question: {question}", instruction)
+
+
+def group_messages(question: str, sections: list[tuple[str, list[Evidence]]]) -> list:
+    """The prompt for an overview's group sentences: each group's name, then its papers' key sentences."""
+    context = []
+    for name, members in sections:
+        context.append(f"Group: {quoted(name) or 'Papers'}")
+        context += [context_line([ev], "synthesis") for ev in members]
+    return messages(context, f"Question: {question}", GROUP_SENTENCES)
 
 
 def references_block(citations: list[Citation]) -> str:
@@ -358,10 +378,17 @@ def refuse(draft: Draft, reason: str) -> Iterator[str]:
     yield draft.pieces[-1]
 
 
-def overview(draft: Draft, searcher: Searcher) -> Iterator[str]:
+def overview(
+    draft: Draft,
+    searcher: Searcher,
+    writer: Writer | None = None,
+    deadline: Deadline | None = None,
+    verify_with_llm: bool = False,
+) -> Iterator[str]:
     """An overview (rag/overview.py): the relevant papers among the top candidates, grouped, one line each with the
     paper's short name, its [n] and its key sentence quoted; the opening says what the papers cover. The evidence
-    becomes the key sentences, numbered in the order shown."""
+    becomes the key sentences, numbered in the order shown. With a `writer` (a capable backend: synthesis style),
+    each group first gets the model's verified sentence about its papers."""
     import numpy as np
 
     answer, hits = draft.answer, draft.hits
@@ -373,27 +400,46 @@ def overview(draft: Draft, searcher: Searcher) -> Iterator[str]:
     chosen = select_papers(answer.question, hits, scored, stored, draft.ask_vectors[0], searcher.papers)
     vectors = dict(zip((ev.paper_id for ev in chosen), np.asarray(searcher.embed([ev.quote for ev in chosen]))))
     sections = group_by_approach(chosen, vectors, answer.question)
-    lines, evidence = [], []
-    for name, members in sections:
-        if name:
-            lines.append((f"{name}:", "\n\n"))
-        numbers = []
-        for ev in members:
-            ev.n = len(evidence) + 1
-            evidence.append(ev)
-            numbers.append(ev.n)
-            lines.append(
-                (
-                    f"- {short_name(ev.title)} [{ev.n}]: “{display(standalone(ev.quote) or ev.quote)}”",
-                    "\n\n" if ev.n == 1 and not name else "\n",
-                )
-            )
-        answer.sections.append(Section(name, numbers))
-    answer.evidence = evidence
+    answer.evidence = [ev for _, members in sections for ev in members]
+    for n, ev in enumerate(answer.evidence, 1):
+        ev.n = n
+    answer.sections = [Section(name, [ev.n for ev in members]) for name, members in sections]
     draft.lap("overview", t)
-    yield draft.emit(overview_opening(len(evidence), sections))
-    for line, separator in lines:
-        yield draft.emit(line, separator)
+    yield draft.emit(overview_opening(len(answer.evidence), sections))
+    written = group_sentences(draft, writer, sections, deadline, verify_with_llm) if writer else [[]] * len(sections)
+    for (name, members), sentences in zip(sections, written):
+        if name:
+            yield draft.emit(f"{name}:", "\n\n")
+        if sentences:
+            yield draft.emit(" ".join(sentences), "\n" if name else "\n\n")
+        for i, ev in enumerate(members):
+            line = f"- {short_name(ev.title)} [{ev.n}]: “{display(standalone(ev.quote) or ev.quote)}”"
+            yield draft.emit(line, "\n\n" if i == 0 and not name and not sentences else "\n")
+
+
+def group_sentences(
+    draft: Draft, writer: Writer, sections: list, deadline: Deadline | None, verify_with_llm: bool
+) -> list[list[str]]:
+    """With a capable backend: per group of an overview, the model's sentences about it, each verified against the
+    key sentences it cites (rag/citations.py) and placed in the group that holds most of the papers it cites."""
+    answer = draft.answer
+    judging = judge_pass(writer, deadline) if verify_with_llm else None
+    verifier = StreamVerifier(answer.evidence, answer.query, judge=judging)
+    t = time.perf_counter()
+    try:
+        for delta in writer.stream(group_messages(answer.question, sections), deadline):
+            verifier.feed(delta)
+        verifier.finish()
+    except Exception as e:  # any backend failure becomes one line; the quoted lines stand
+        answer.notices.append(f"The LLM ({writer.name}) failed: {error_line(e)}. The lines are quoted from the papers.")
+    draft.lap("generate", t)
+    written: list[list[str]] = [[] for _ in sections]
+    for checked in verifier.kept:
+        overlap = [len(set(checked.cited) & {ev.n for ev in members}) for _, members in sections]
+        written[overlap.index(max(overlap))].append(checked.text)
+    answer.dropped = [d.dropped.strip() for d in verifier.dropped]
+    answer.generated = {"kept": len(verifier.kept), "dropped": len(verifier.dropped), "repeated": verifier.repeated}
+    return written
 
 
 def judge_pass(writer: Writer, deadline: Deadline | None):
@@ -496,10 +542,11 @@ def run(
     if reason:
         yield from refuse(draft, reason)
         return draft.finish()
-    if answer.kind != "fact":
-        yield from overview(draft, searcher)  # the lines are quotes: the bundled model adds nothing to them
-        return draft.finish()
     style = answer_style(settings)
+    if answer.kind != "fact":  # the lines are quotes; a capable model adds each group's sentence, the bundled none
+        synthesis = writer if style == "synthesis" else None
+        yield from overview(draft, searcher, synthesis, deadline, settings.verify_with_llm)
+        return draft.finish()
     answering = draft.answering = answering_sentences(answer.question, answer.evidence)
     named = bool(WHICH_PAPER.search(answer.question))
     if named and not answer.evidence[0].part_scores:  # "which method ...?" asking one thing: where it is named

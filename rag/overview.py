@@ -32,6 +32,7 @@ from rag.roles import wanted_roles
 
 OVERVIEW_CANDIDATES = 25  # papers considered; hybrid search holds 73% of the relevant ones in its top 20 (dev)
 MAX_PAPERS = 10  # lines in one overview
+NAME_LETTERS = 8  # a one-word group name is this long at least ("distillation"; "image" and "window" said nothing)
 GROUP_COSINE = 0.6  # a paper joins a group whose key sentences' centroid is this close
 # Relevance: logistic weights over (key sentence score, search score, 1/rank, cosine to the question, cosine to
 # the top three papers, question words in the paper), fitted by bench/overview.py on the dev overview and "which
@@ -221,8 +222,9 @@ TERM = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*")
 
 
 def terms_as_written(text: str) -> dict[str, str]:
-    """stem (of the last part of a hyphenated word) -> the word as written, for the words that can name a group."""
-    words = [w for w in TERM.findall(text) if len(w) > 2]
+    """stem (of the last part of a hyphenated word) -> the word as written, for the words that can name a group: not
+    an adverb ("well", "-ly") or a verb's "-ing" form ("comparing"; "tuning-free" is kept)."""
+    words = [w for w in TERM.findall(text) if len(w) > 2 and not re.search(r"(?<!-)\b\w+(ly|ing)$|^well$", w, re.I)]
     keys = stems([w.lower().rsplit("-", 1)[-1] if "-" not in w else w.lower() for w in words])
     return {k: w.lower() if not w.isupper() else w for k, w in zip(keys, words) if k not in GENERIC}
 
@@ -251,7 +253,8 @@ def group_name(members: list[Evidence], chosen: list[Evidence], question: str) -
         if ranked:
             first = text_of(members[0]).lower()
             words = sorted((spelled[t] for t in ranked[:2]), key=lambda w: (first.find(w.lower()) % 10_000, w))
-            return " ".join(words).capitalize()
+            if len(words) > 1 or "-" in words[0] or len(words[0]) >= NAME_LETTERS:
+                return " ".join(words).capitalize()
     return ""
 
 
@@ -264,7 +267,8 @@ GENERIC = (
             "achieve achieves experiments extensive state art significantly improve improves improved improvement "
             "effective efficient introduce present study various different however while also such more than which "
             "this these that their our can both utilizing utilize leveraging leverage via towards toward aiming "
-            "addressing enhancing improving without need further".split()
+            "addressing enhancing improving without need further well even much many often across within llm llms "
+            "lm lms mllm mllms vlm vlms".split()
         )
     )
     | STOPWORDS

@@ -11,6 +11,7 @@ from rag import Assistant
 from rag.answer import display
 from rag.overview import question_kind, short_name, standalone
 from rag.settings import Settings
+from tests.fakes import ScriptedLLM, SynthesisLLM, tokens
 from tests.live import PROXY, client, keyed, running
 
 LONG_VIDEO = "What approaches generate long videos with diffusion models without tuning them?"
@@ -102,3 +103,21 @@ def test_the_ui_and_the_export_show_the_groups(fixture_index):
     for name in named:
         assert f'<div class="rag-section">{render.esc(name)}</div>' in html and f"**{name}:**" in exported
     assert html.count('class="rag-cite"') >= 2 * len(answer.citations)  # each line's [n] and the refs line
+
+
+def test_a_capable_model_writes_each_groups_sentence_and_its_false_ones_are_dropped(fixture_index):
+    llm = SynthesisLLM(prompts=[])
+    answer = Assistant(Settings(index_dir=fixture_index, answer_style="synthesis"), llm=llm).ask(LONG_VIDEO)
+    assert answer.kind == "papers" and "Group: " in llm.prompts[0] and "For each group" in llm.prompts[0]
+    paraphrase = "".join(llm.script).split(" [1].")[0]  # of [1]'s key sentence; then it flipped, and spliced with [2]
+    assert answer.generated["kept"] >= 1 and any(" not " in false for false in answer.dropped)  # the flipped finding
+    assert paraphrase in answer.prose and answer.prose.index(paraphrase) < answer.prose.index(" [1]: “")
+    for false in answer.dropped:
+        assert false not in answer.text
+    assert answer.prose.count("\n- ") == len(answer.citations)  # every paper's quoted line is still there
+
+
+def test_the_bundled_model_is_not_asked_for_an_overview(fixture_index):
+    llm = ScriptedLLM(script=tokens("Long videos are made by noise rescheduling [1]."), prompts=[])
+    answer = Assistant(Settings(index_dir=fixture_index, answer_style="extractive"), llm=llm).ask(LONG_VIDEO)
+    assert llm.prompts == [] and "noise rescheduling [1]" not in answer.prose and answer.generated == {}
