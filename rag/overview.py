@@ -77,13 +77,17 @@ OPEN_QUESTION = re.compile(
     r"|\bhow (do|did|are|have|can) (they|these|people|researchers|authors|papers|works|existing|different|methods|"
     r"approaches|you|one|llms|models)\b"
     r"|\b(compare|comparison of|differences? between|trade-?offs? between)\b|\bwhat do we know\b"
-    r"|\b(overview|survey) of\b",
+    r"|\b(overview|survey) of\b|\bwhat\s+[\w-]+\s+(ways|approaches|methods|strategies|techniques)\b",
     re.I,
 )
 
 
 # A question about one paper ("In the paper on X, how do they ...", "Which paper models ...") is a look-up.
-ONE_PAPER = re.compile(r"\b((the|this|that) (paper|study)|(which|what) (paper|study|method))\b(?!')", re.I)
+ONE_PAPER = re.compile(
+    r"\b((the|this|that) (paper|study)|(which|what) (paper|study|method))\b(?!')"
+    r"|\b(does|did)\s+(?-i:(?=[\w-]*(?:[a-z][A-Z]|[A-Z]{2}))[A-Za-z][\w-]*)",  # "does SnapFusion use": one method
+    re.I,
+)
 
 
 def question_kind(question: str) -> str:

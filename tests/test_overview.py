@@ -27,6 +27,8 @@ LONG_VIDEO_PAPERS = {
         ("What are the main ways to cut the number of denoising steps in diffusion models?", "overview"),
         ("How are researchers adding controllability to music generation models?", "overview"),
         ("What selection strategies have been proposed for in-context demonstrations?", "overview"),
+        ("What inference-time strategies let a video diffusion model make longer videos?", "overview"),
+        ("What techniques does SnapFusion use to run on phones?", "fact"),
         ("Which papers study weak-to-strong generalization?", "papers"),
         ("virtual try-on papers", "papers"),
         ("How many denoising steps does SnapFusion need?", "fact"),
