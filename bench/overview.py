@@ -51,18 +51,24 @@ def fit(x: np.ndarray, y: np.ndarray, l2: float = 1.0, steps: int = 50) -> np.nd
     return w
 
 
-def main() -> int:
+def setup() -> tuple:
+    """(an evidence-only Assistant over --index, the overview and "which papers" dev questions)."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--index", default="index")
     args = parser.parse_args()
     from rag.assistant import Assistant
-    from rag.corpus import title_key
     from rag.settings import Settings
 
-    assistant = Assistant(Settings(index_dir=Path(args.index), llm_backend="none"))
     data = ROOT / "tests" / "data"
     questions = [json.loads(line) for line in (data / "overview-dev.jsonl").open()]
     questions += [q for q in map(json.loads, (data / "dev.jsonl").open()) if q["type"] == "multi"]
+    return Assistant(Settings(index_dir=Path(args.index), llm_backend="none")), questions
+
+
+def main() -> int:
+    from rag.corpus import title_key
+
+    assistant, questions = setup()
     rows, labels, groups, gold_total = [], [], [], 0
     for i, q in enumerate(questions):
         gold = {title_key(t) for t in q["gold_titles"]}

@@ -12,8 +12,6 @@ Questions: the overview and "which papers" dev questions, as bench/overview.py.
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
 import sys
 from pathlib import Path
@@ -24,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from overview import fit  # noqa: E402  (bench/overview.py)
+from overview import fit, setup  # noqa: E402  (bench/overview.py)
 
 ENUMERATION = re.compile(r"[—–(:]\s*([^—–()?:]+?(?:,[^—–()?:]+?)+)\s*(?:[—–)?]|$)")
 EXTRA = ["search / best", "key / best", "key z-score", "best sentence cosine", "best sentence cosine to an aspect",
@@ -117,17 +115,9 @@ def summary(p: np.ndarray, y: np.ndarray, relevant: int) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--index", default="index")
-    args = parser.parse_args()
-    from rag.assistant import Assistant
     from rag.corpus import title_key
-    from rag.settings import Settings
 
-    assistant = Assistant(Settings(index_dir=Path(args.index), llm_backend="none"))
-    data = ROOT / "tests" / "data"
-    questions = [json.loads(line) for line in (data / "overview-dev.jsonl").open()]
-    questions += [q for q in map(json.loads, (data / "dev.jsonl").open()) if q["type"] == "multi"]
+    assistant, questions = setup()
     rows, labels, groups, relevant, one, many = [], [], [], 0, 0, 0
     for i, q in enumerate(questions):
         gold = {title_key(t) for t in q["gold_titles"]}
