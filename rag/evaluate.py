@@ -16,6 +16,7 @@ from pathlib import Path
 from rag.answer import Citation
 from rag.citations import parse_markers
 from rag.corpus import title_key
+from rag.overview import OVERVIEW_CANDIDATES
 
 TYPES = ("lookup", "fact", "multi", "overview", "unanswerable")
 SEARCH_K = 10
@@ -166,8 +167,9 @@ def load_questions(path: str | Path, limit: int | None = None) -> list[dict]:
     return rows[:limit] if limit else rows
 
 
-def score_question(q: dict, hits: list, answer=None) -> dict:
-    """One row of metrics for a question, its search hits and (optionally) its Answer."""
+def score_question(q: dict, hits: list, answer=None, retrieved: list | None = None) -> dict:
+    """One row of metrics for a question, its search hits and (optionally) its Answer; `retrieved`: the hits its
+    citations may name (the search hits when not given)."""
     gold = q.get("gold_titles") or []
     titles = [h.title for h in hits]
     ranks = [i for i, t in enumerate(distinct(titles), 1) if title_key(t) in {title_key(g) for g in gold}]
@@ -200,7 +202,7 @@ def score_question(q: dict, hits: list, answer=None) -> dict:
                 "keyword_hit": keyword_hit(answer.text, q.get("answer_keywords") or []),
                 "citations_valid": None
                 if answer.refused
-                else citations_valid(answer.text, answer.citations, {h.paper_id for h in hits}),
+                else citations_valid(answer.text, answer.citations, {h.paper_id for h in retrieved or hits}),
                 "gold_cited": gold_cited(answer.citations, gold) if q["type"] in ("lookup", "fact") else None,
                 "dropped": len(answer.dropped),  # generated sentences the verifier removed
                 "notices": answer.notices,
@@ -282,7 +284,10 @@ def evaluate(
             for stage in ("first_token", "first_text", "total"):
                 if stage in answer.timings:
                     samples[stage].append(answer.timings[stage])
-        rows.append({**score_question(q, hits, answer), "question": q["question"]})
+        # an overview cites from its OVERVIEW_CANDIDATES papers, not only from the top SEARCH_K scored here
+        wide = answer is not None and answer.kind != "fact"
+        retrieved = assistant.search(q["question"], k=OVERVIEW_CANDIDATES, mode=mode) if wide else hits
+        rows.append({**score_question(q, hits, answer, retrieved), "question": q["question"]})
 
     by_type = {t: summarize([r for r in rows if r["type"] == t]) for t in TYPES if any(r["type"] == t for r in rows)}
     answerable = [r for r in rows if r["type"] != "unanswerable"]
