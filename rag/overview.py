@@ -168,6 +168,9 @@ def key_sentences(scored: list[Evidence], wanted: tuple[str, ...] = ()) -> dict[
 
 
 LEAD_IN = re.compile(r"^[^,;:]{3,60}?,\s+(?=\S)")  # "Utilizing this feature, " before what the sentence says
+# What follows the lead-in opens a clause of its own ("we propose ...", "SUN reduces ..."), not the rest of a list
+# ("This creates large, yet noisy, pairs" cut to "yet noisy, pairs").
+CLAUSE_START = re.compile(r"(we|our|the|a|an)\b|(?-i:[A-Z])", re.I)
 
 
 def standalone(quote: str) -> str:
@@ -180,7 +183,7 @@ def standalone(quote: str) -> str:
         return quote
     lead = LEAD_IN.match(quote)
     rest = quote[lead.end() :] if lead else ""
-    if len(rest.split()) < 6 or CONNECTIVE.match(rest) or REFERS_BACK.match(rest):
+    if len(rest.split()) < 6 or not CLAUSE_START.match(rest) or CONNECTIVE.match(rest) or REFERS_BACK.match(rest):
         return ""
     return f"… {rest}"
 

@@ -51,12 +51,17 @@ def test_short_names():
 def test_an_overview_line_never_refers_to_a_sentence_it_does_not_show():
     cut = "Utilizing this feature, we propose EREN (Edit models by REading Notes) to improve LLM editing."
     assert standalone(cut) == "… we propose EREN (Edit models by REading Notes) to improve LLM editing."
-    assert standalone("To accelerate such tedious process, reducing steps uniformly is a common principle.") == (
-        "… reducing steps uniformly is a common principle."
+    assert standalone("To tackle such an issue, we propose SynCoS, a novel inference framework.") == (
+        "… we propose SynCoS, a novel inference framework."
     )
     for whole in ("In this paper, we propose FreeNoise for longer videos.", "Methods such as LoRA cut memory use."):
         assert standalone(whole) == whole
-    dependents = ("This method halves the cost.", "(ii) a sampler that needs four steps.", "Moreover, it works.")
+    dependents = (
+        "This method halves the cost.",
+        "(ii) a sampler that needs four steps.",
+        "Moreover, it works.",
+        "This creates large, yet noisy, question-passage relevance pairs that are domain specific.",
+    )
     for dependent in dependents:
         assert standalone(dependent) == ""
 
