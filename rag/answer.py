@@ -72,8 +72,9 @@ WHICH_PAPER = re.compile(
     r"dataset|system)\b(?!s|\s+size)|^\s*is there (a|an|any)\b",
     re.I,
 )
-# The sentence where a paper names what it introduces: the answer to "which method ...?".
-NAMING_SHARE = 0.8  # such a sentence opens a "which method" answer when it scores this share of the paper's best
+# The sentence where a paper names what it introduces (evidence.INTRODUCES) opens a "which method ...?" answer when
+# it scores this share of the paper's best.
+NAMING_SHARE = 0.8
 
 
 @dataclass
