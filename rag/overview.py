@@ -167,7 +167,8 @@ def key_sentences(scored: list[Evidence], wanted: tuple[str, ...] = ()) -> dict[
     return key
 
 
-LEAD_IN = re.compile(r"^[^,;:]{3,60}?,\s+(?=\S)")  # "Utilizing this feature, " before what the sentence says
+LEAD_IN = re.compile(r",\s+(?=\S)")  # the end of a lead-in: "Utilizing this feature, " before what the sentence says
+LEAD_IN_CHARS = 120  # a lead-in ends within this many characters
 # What follows the lead-in opens a clause of its own ("we propose ...", "SUN reduces ..."), not the rest of a list
 # ("This creates large, yet noisy, pairs" cut to "yet noisy, pairs").
 CLAUSE_START = re.compile(r"(we|our|the|a|an)\b|(?-i:[A-Z])", re.I)
@@ -181,11 +182,13 @@ def standalone(quote: str) -> str:
         return ""
     if not (CONNECTIVE.match(quote) or REFERS_BACK.match(quote)):
         return quote
-    lead = LEAD_IN.match(quote)
-    rest = quote[lead.end() :] if lead else ""
-    if len(rest.split()) < 6 or not CLAUSE_START.match(rest) or CONNECTIVE.match(rest) or REFERS_BACK.match(rest):
-        return ""
-    return f"… {rest}"
+    for lead in LEAD_IN.finditer(quote[:LEAD_IN_CHARS]):  # "Then, by leveraging X, we propose ...": the first clause
+        rest = quote[lead.end() :]
+        if len(rest.split()) < 6:
+            return ""
+        if CLAUSE_START.match(rest) and not (CONNECTIVE.match(rest) or REFERS_BACK.match(rest)):
+            return f"… {rest}"
+    return ""
 
 
 def select_papers(question: str, hits: list, scored: list[Evidence], vectors: dict, ask_vector, papers):
