@@ -56,6 +56,12 @@ REFERS_BACK = re.compile(
     r"this(?! (paper|work|study|article|survey|letter|report|thesis)\b))\b",
     re.I,
 )
+# "... the effectiveness of the above strategies": wherever it stands, the sentence leans on sentences not shown.
+REFERS_ANYWHERE = re.compile(
+    r"\b(the above|the aforementioned|above-mentioned|these (\w+ )?(strategies|methods|techniques|components|modules|"
+    r"designs|approaches|contributions|improvements|issues|problems|challenges|limitations))\b",
+    re.I,
+)
 LIST_ITEM = re.compile(
     r"^\W*\(?(i{1,3}|iv|vi{0,3}|[a-e])\)|^[\W\d]*[a-z]"
 )  # "(iii). generalized, ...": cut from a list
@@ -178,7 +184,7 @@ def standalone(quote: str) -> str:
     """The sentence as an overview line shows it: whole when it stands on its own; without a lead-in clause that
     refers to a sentence not shown ("Utilizing this feature, we propose EREN ..." -> "… we propose EREN ..."); ""
     when it cannot stand alone ("This method ...", a list item cut from its list)."""
-    if LIST_ITEM.match(quote):
+    if LIST_ITEM.match(quote) or REFERS_ANYWHERE.search(quote):
         return ""
     if not (CONNECTIVE.match(quote) or REFERS_BACK.match(quote)):
         return quote
