@@ -64,6 +64,7 @@ def test_an_overview_line_never_refers_to_a_sentence_it_does_not_show():
         "Moreover, it works.",
         "This creates large, yet noisy, question-passage relevance pairs that are domain specific.",
         "Extensive experiments have shown the effectiveness of the above strategies on long videos.",
+        "We then propose to guide video diffusion models with these layouts by adjusting the attention maps.",
     )
     for dependent in dependents:
         assert standalone(dependent) == ""
