@@ -175,7 +175,8 @@ def context_line(group: list[Evidence], style: str) -> str:
     """One paper of a prompt's context: [n], its quotes and its title."""
     quotes = " ".join(f'"{quoted(ev.quote)}"' for ev in group)
     if style == "synthesis":  # a capable model names the paper it cites: give it the short name to use
-        return f"[{group[0].n}] {quoted(short_name(group[0].title))}: {quotes} ({quoted(group[0].title)})"
+        name = short_name(group[0].title, group[0].quote)
+        return f"[{group[0].n}] {quoted(name)}: {quotes} ({quoted(group[0].title)})"
     return f"[{group[0].n}] {quotes} ({quoted(group[0].title)})"  # the bundled model copied names into filler
 
 
@@ -273,6 +274,7 @@ def display(quote: str) -> str:
     """A quote as a reader should see it: LaTeX escapes and macros of the abstract written out ("54.37\\%" ->
     "54.37%", "3\\times" -> "3×", "$\\sim$0.01%" -> "~0.01%"); the evidence itself keeps the abstract's text."""
     quote = re.sub(r"(?<=\d)times\b", "×", quote)  # "17.5\\times" that lost its backslash in the scrape
+    quote = re.sub(r"(?<=[a-z]{2})\.(?=[A-Z][a-z])", ". ", quote)  # "inherent ability.We propose": a lost space
     if "\\" not in quote and "$" not in quote:
         return quote
     text = re.sub(r"\\([A-Za-z]+|[%&_])(\{\})?", lambda m: LATEX.get(m.group(1), m.group(1)), quote)
@@ -414,7 +416,7 @@ def overview(
         if sentences:
             yield draft.emit(" ".join(sentences), "\n" if name else "\n\n")
         for i, ev in enumerate(members):
-            line = f"- {short_name(ev.title)} [{ev.n}]: “{display(standalone(ev.quote) or ev.quote)}”"
+            line = f"- {short_name(ev.title, ev.quote)} [{ev.n}]: “{display(standalone(ev.quote) or ev.quote)}”"
             yield draft.emit(line, "\n\n" if i == 0 and not name and not sentences else "\n")
 
 

@@ -52,9 +52,11 @@ def later(first: str, then: str) -> str:
 
 
 NUMBER = re.compile(r"\d")
-# A sentence that says what its paper contributes: "We propose X, ...", "... a method called X".
+# A sentence that says what its paper contributes: "We propose X, ...", "This paper presents X", "... called X".
 INTRODUCES = re.compile(
-    r"\bwe (propose|introduce|present|develop|design|call|name)\b|\b(called|named|dubbed|termed)\b", re.I
+    r"\b(we|this (paper|work|study)) (propose|introduce|present|develop|design|call|name)s?\b"
+    r"|\b(called|named|dubbed|termed)\b",
+    re.I,
 )
 QUANTITY_QUESTION = re.compile(
     r"\b(how (many|much|large|big|fast|long|often)|what (percentage|fraction|number|"

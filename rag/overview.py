@@ -58,7 +58,11 @@ REFERS_BACK = re.compile(
 )
 # "... the effectiveness of the above strategies", "... guide video diffusion models with these layouts": wherever
 # it stands, the sentence leans on sentences not shown.
-REFERS_ANYWHERE = re.compile(r"\b(the above|the aforementioned|above-mentioned|these)\b", re.I)
+REFERS_ANYWHERE = re.compile(
+    r"\b(the above|the aforementioned|above-mentioned|these|this (approach|method|technique|strategy|idea|problem|"
+    r"issue|challenge|limitation|gap|ability|feature|phenomenon|observation|insight|finding))\b",
+    re.I,
+)
 LIST_ITEM = re.compile(
     r"^\W*\(?(i{1,3}|iv|vi{0,3}|[a-e])\)|^[\W\d]*[a-z]"
 )  # "(iii). generalized, ...": cut from a list
@@ -181,16 +185,19 @@ def standalone(quote: str) -> str:
     """The sentence as an overview line shows it: whole when it stands on its own; without a lead-in clause that
     refers to a sentence not shown ("Utilizing this feature, we propose EREN ..." -> "… we propose EREN ..."); ""
     when it cannot stand alone ("This method ...", a list item cut from its list)."""
-    if LIST_ITEM.match(quote) or REFERS_ANYWHERE.search(quote):
+    if LIST_ITEM.match(quote):
         return ""
     if not (CONNECTIVE.match(quote) or REFERS_BACK.match(quote)):
-        return quote
+        return "" if REFERS_ANYWHERE.search(quote) else quote
     for lead in LEAD_IN.finditer(quote[:LEAD_IN_CHARS]):  # "Then, by leveraging X, we propose ...": the first clause
         rest = quote[lead.end() :]
         if len(rest.split()) < 6:
             return ""
         if CLAUSE_START.match(rest) and not (CONNECTIVE.match(rest) or REFERS_BACK.match(rest)):
-            return f"… {rest}"
+            if REFERS_ANYWHERE.search(rest):
+                return ""
+            word = rest.split(" ", 1)[0]
+            return f"… {word.lower() if word in ('We', 'Our', 'The', 'A', 'An') else word}{rest[len(word) :]}"
     return ""
 
 
@@ -228,6 +235,8 @@ def group_by_approach(
     alone = [ev for ev in chosen if id(ev) not in grouped]  # in alone groups, or in a group no word names
     if alone:
         named.append(("Other approaches" if named else "", alone))
+    if len(named) == 1:  # one group holding every paper groups nothing
+        return [("", chosen)]
     return named
 
 
@@ -292,16 +301,32 @@ GENERIC_NAMES = {"LLM", "MLLM", "LM", "VLM", "NLP", "AI", "ML", "RL", "GPT", "CN
 NAME_TOKEN = re.compile(r"\b(?=[\w\-+]*(?:[a-z][A-Z]|[A-Z]{2}|\d))[A-Za-z][\w\-+]*[\w+]")
 
 
-def short_name(title: str) -> str:
+# The name a sentence gives what it introduces: "we propose Synchronized Coupled Sampling (SynCoS)", "dubbed CoNo",
+# "This paper presents SNOOPI, ...".
+INTRODUCED_NAME = [
+    re.compile(r"\b(?:propose|introduce|present)s?\b[^.;()]{0,80}\(((?-i:[A-Z][\w\-+]*[A-Z][\w\-+]*))\)", re.I),
+    re.compile(r"\b(?:called|named|dubbed|termed)\s+((?-i:[A-Z][\w\-+]*[A-Z0-9][\w\-+]*))", re.I),
+    re.compile(
+        r"\b(?:propose|introduce|present)s?\s+((?-i:(?=[\w\-+]*(?:[a-z][A-Z]|[A-Z]{2}))[A-Z][\w\-+]*[\w+]))", re.I
+    ),
+]
+
+
+def short_name(title: str, sentence: str = "") -> str:
     """What a reader calls the paper: the part before a colon when it is a name ("FreeNoise: Tuning-Free ..." ->
-    "FreeNoise"), else a name-like word of the title (CamelCase, acronym), else the part before a colon of up to six
-    words, else its first words."""
+    "FreeNoise"), else the name its quoted `sentence` introduces ("... we propose ... (SynCoS)"), else a name-like
+    first word of the title (CamelCase, acronym), else the part before a colon of up to six words, else its first
+    words. A name-like word further into the title is not taken: "Scaling Laws for LoRA Adapters" is not LoRA."""
     head, colon, _ = title.partition(":")
     if colon and len(head.split()) <= 3:
         return head.strip()
-    found = [t for t in NAME_TOKEN.findall(title) if t.rstrip("s") not in GENERIC_NAMES]
-    if found:
-        return found[0]
+    for pattern in INTRODUCED_NAME:
+        found = pattern.search(sentence)
+        if found and found[1].rstrip("s") not in GENERIC_NAMES:
+            return found[1]
+    first = NAME_TOKEN.match(title)
+    if first and first[0].rstrip("s") not in GENERIC_NAMES:
+        return first[0]
     if colon and len(head.split()) <= 6:  # "No Training, No Problem: Rethinking ..." -> "No Training, No Problem"
         return head.strip()
     words = title.split()
