@@ -63,6 +63,9 @@ REFERS_ANYWHERE = re.compile(
     r"issue|challenge|limitation|gap|ability|feature|phenomenon|observation|insight|finding))\b",
     re.I,
 )
+SELF_REFERENCE = re.compile(r"^\W*(this|the present) (paper|work|study|article|letter|survey|report)\b", re.I)
+# "... designed to address these limitations by ...": a purpose, not the content; the sentence still stands.
+ADDRESSES_THESE = re.compile(r"\b(address|overcome|tackle|mitigate|solve|alleviate|remedy)(es|s|ing)? these \w+", re.I)
 LIST_ITEM = re.compile(
     r"^\W*\(?(i{1,3}|iv|vi{0,3}|[a-e])\)|^[\W\d]*[a-z]"
 )  # "(iii). generalized, ...": cut from a list
@@ -187,14 +190,14 @@ def standalone(quote: str) -> str:
     when it cannot stand alone ("This method ...", a list item cut from its list)."""
     if LIST_ITEM.match(quote):
         return ""
-    if not (CONNECTIVE.match(quote) or REFERS_BACK.match(quote)):
-        return "" if REFERS_ANYWHERE.search(quote) else quote
+    if SELF_REFERENCE.match(quote) or not (CONNECTIVE.match(quote) or REFERS_BACK.match(quote)):
+        return "" if REFERS_ANYWHERE.search(ADDRESSES_THESE.sub("", quote)) else quote
     for lead in LEAD_IN.finditer(quote[:LEAD_IN_CHARS]):  # "Then, by leveraging X, we propose ...": the first clause
         rest = quote[lead.end() :]
         if len(rest.split()) < 6:
             return ""
         if CLAUSE_START.match(rest) and not (CONNECTIVE.match(rest) or REFERS_BACK.match(rest)):
-            if REFERS_ANYWHERE.search(rest):
+            if REFERS_ANYWHERE.search(ADDRESSES_THESE.sub("", rest)):
                 return ""
             word = rest.split(" ", 1)[0]
             return f"… {word.lower() if word in ('We', 'Our', 'The', 'A', 'An') else word}{rest[len(word) :]}"

@@ -72,6 +72,8 @@ def test_an_overview_line_never_refers_to_a_sentence_it_does_not_show():
     )
     then = "Then, by leveraging the time-step information, we propose time-step guidance (TSG), an extension of CFG."
     assert standalone(then) == "… we propose time-step guidance (TSG), an extension of CFG."
+    snoopi = "This paper presents SNOOPI, a framework designed to address these limitations by enhancing the guidance."
+    assert standalone(snoopi) == snoopi
     for whole in ("In this paper, we propose FreeNoise for longer videos.", "Methods such as LoRA cut memory use."):
         assert standalone(whole) == whole
     dependents = (
