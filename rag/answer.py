@@ -440,9 +440,14 @@ def group_sentences(
     for checked in verifier.kept:
         overlap = [len(set(checked.cited) & {ev.n for ev in members}) for _, members in sections]
         written[overlap.index(max(overlap))].append(checked.text)
+    record_verdicts(answer, verifier)
+    return written
+
+
+def record_verdicts(answer: Answer, verifier: StreamVerifier) -> None:
+    """What the verifier did with the model's sentences, on the answer: the dropped ones, and the counts."""
     answer.dropped = [d.dropped.strip() for d in verifier.dropped]
     answer.generated = {"kept": len(verifier.kept), "dropped": len(verifier.dropped), "repeated": verifier.repeated}
-    return written
 
 
 def judge_pass(writer: Writer, deadline: Deadline | None):
@@ -513,8 +518,7 @@ def generate(
             f"The LLM ({writer.name}) failed: {error_line(e)}. The answer is quoted from the evidence."
         )
     draft.lap("generate", t)
-    answer.dropped = [d.dropped.strip() for d in verifier.dropped]
-    answer.generated = {"kept": len(verifier.kept), "dropped": len(verifier.dropped), "repeated": verifier.repeated}
+    record_verdicts(answer, verifier)
 
 
 def run(

@@ -187,18 +187,22 @@ CLAUSE_START = re.compile(r"(we|our|the|a|an)\b|(?-i:[A-Z])", re.I)
 def standalone(quote: str) -> str:
     """The sentence as an overview line shows it: whole when it stands on its own; without a lead-in clause that
     refers to a sentence not shown ("Utilizing this feature, we propose EREN ..." -> "… we propose EREN ..."); ""
-    when it cannot stand alone ("This method ...", a list item cut from its list)."""
+    when it cannot stand alone ("This method ...", a list item cut from its list, "the above strategies")."""
     if LIST_ITEM.match(quote):
         return ""
-    if SELF_REFERENCE.match(quote) or not (CONNECTIVE.match(quote) or REFERS_BACK.match(quote)):
-        return "" if REFERS_ANYWHERE.search(ADDRESSES_THESE.sub("", quote)) else quote
-    for lead in LEAD_IN.finditer(quote[:LEAD_IN_CHARS]):  # "Then, by leveraging X, we propose ...": the first clause
+    opens_alone = SELF_REFERENCE.match(quote) or not (CONNECTIVE.match(quote) or REFERS_BACK.match(quote))
+    shown = quote if opens_alone else without_lead_in(quote)
+    return "" if REFERS_ANYWHERE.search(ADDRESSES_THESE.sub("", shown)) else shown
+
+
+def without_lead_in(quote: str) -> str:
+    """ "… " and the quote after its lead-in clause, where a clause of its own starts ("Then, by leveraging X, we
+    propose ..." -> "… we propose ..."); "" when there is none."""
+    for lead in LEAD_IN.finditer(quote[:LEAD_IN_CHARS]):
         rest = quote[lead.end() :]
         if len(rest.split()) < 6:
             return ""
         if CLAUSE_START.match(rest) and not (CONNECTIVE.match(rest) or REFERS_BACK.match(rest)):
-            if REFERS_ANYWHERE.search(ADDRESSES_THESE.sub("", rest)):
-                return ""
             word = rest.split(" ", 1)[0]
             return f"… {word.lower() if word in ('We', 'Our', 'The', 'A', 'An') else word}{rest[len(word) :]}"
     return ""
