@@ -1,6 +1,6 @@
-"""Indexing's embedding cost: a cold `rag index` of the bundled corpus with and without sentence vectors (pooled from
-the chunk pass, or embedded alone), and the embedder's settings (ONNX Runtime threads, int8 against float32, batch
-size, sorting by tokens against characters). Medians of interleaved rounds, ratios against a baseline of the same
+"""Indexing's embedding cost: a cold `rag index` of the bundled corpus with and without sentence vectors (and with
+paper vectors made from them, RAG_PAPER_VECTORS=sentences: one pass), and the embedder's settings (ONNX Runtime
+threads, int8 against float32, batch size, sorting by tokens against characters). Medians of interleaved rounds, ratios against a baseline of the same
 run: the machine is shared, absolute times move, ratios much less.
 
     .venv/bin/python bench/embed.py [--rounds 3] [--base DIR] [--sections index,embedder] [--papers 256]
@@ -53,8 +53,8 @@ def cold_index(tree: Path, env: dict) -> dict:
 def index_section(rounds: int, base: Path | None) -> dict:
     variants = {
         "without sentence vectors": (ROOT, {"RAG_SENTENCE_VECTORS": "false"}),
-        "sentence vectors embedded alone (default)": (ROOT, {}),
-        "sentence vectors pooled from the chunk pass": (ROOT, {"RAG_SENTENCE_EMBEDDING": "pooled"}),
+        "with sentence vectors (default)": (ROOT, {}),
+        "with sentence vectors, RAG_PAPER_VECTORS=sentences": (ROOT, {"RAG_PAPER_VECTORS": "sentences"}),
     }
     if base:
         variants["base: without sentence vectors"] = (base, {"RAG_SENTENCE_VECTORS": "false"})

@@ -191,12 +191,15 @@ def sentence_assigner(vectors_path: str):
 
 
 def paper_assigner(vectors_path: str):
-    """A stand-in for rag.index.embed_papers (same signature): chunk vectors as `vector_assigner`, sentence vectors
-    as `sentence_assigner` sets them."""
+    """A stand-in for rag.index.embed_papers (same signature and result): each paper's vector as `vector_assigner`
+    gives its chunks (a bundled paper's real paper vector), sentence vectors as `sentence_assigner` sets them."""
     embed_nodes, embed_sentences = vector_assigner(vectors_path), sentence_assigner(vectors_path)
 
-    def embed_papers(papers: list, nodes: list, embedder, settings, advance=None) -> dict[str, list]:
+    def embed_papers(papers: list, nodes: list, embedder, settings, advance=None) -> tuple[dict, dict]:
+        from rag.index import chunk_mean_vectors
+
         embed_nodes(nodes, embedder, settings.embed_batch_size)
-        return embed_sentences(papers, embedder, settings.embed_batch_size) if settings.sentence_vectors else {}
+        sentences = embed_sentences(papers, embedder, settings.embed_batch_size) if settings.sentence_vectors else {}
+        return sentences, chunk_mean_vectors(nodes, [node.embedding for node in nodes])
 
     return embed_papers

@@ -1,5 +1,5 @@
-"""`rag index`: corpus files -> chunks -> embeddings: paper vectors in Chroma; chunk texts (BM25) and sentence
-vectors in the catalog; incremental and crash-safe.
+"""`rag index`: corpus files -> chunks and sentences -> embeddings: paper vectors in Chroma; chunk texts (BM25) and
+sentence vectors in the catalog; incremental and crash-safe.
 
 The sources are parsed into a scratch SQLite file beside the index (rag/incoming.py), where papers are merged by
 title and compared with the catalog, so a build holds one batch of papers in memory, whatever the size of its files.
@@ -292,6 +292,7 @@ def publish_update(settings, incoming, live, sources, files, known, rebuild, rep
                 "generation": generation,
                 "embed_model": report.embed_model,
                 "chunk_tokens": settings.chunk_tokens,
+                "paper_vectors": settings.paper_vectors if settings.sentence_vectors else "chunks",  # of this build
                 "chroma": mask_url(settings.chroma_url) or "embedded",
                 "sources": sources,
                 "files": files,
@@ -362,11 +363,10 @@ def write_batches(settings, batches, total: int, catalog, vectors, generation, r
             t = time.perf_counter()
             shown = bar.n  # the bar moves as the batch's texts are embedded, not only when the batch is written
             advance = lambda share, shown=shown, n=len(batch): bar.update(int(shown + share * n) - bar.n)  # noqa: E731
-            sentences = embed_papers(batch, nodes, embedder, settings, advance)
+            sentences, paper_vectors = embed_papers(batch, nodes, embedder, settings, advance)
             report.embed_seconds += time.perf_counter() - t
             t = time.perf_counter()
-            ids, means = paper_vectors(nodes)
-            vectors.upsert(ids, means)
+            vectors.upsert(list(paper_vectors), list(paper_vectors.values()))
             texts: dict[str, list[tuple[str, str]]] = {}
             for node in nodes:
                 texts.setdefault(node.metadata["paper_id"], []).append((node.get_content(), node_text(node)))
@@ -391,10 +391,8 @@ def node_text(node) -> str:
     return node.get_content(MetadataMode.EMBED)
 
 
-def embed_texts(texts: list[str], embedder, batch_size: int, spans: list | None = None, advance=None) -> tuple:
-    """The vectors of `texts`, in order, and with `spans` (per text, character spans) the vector of each span from
-    the same forward pass (`encode_with_spans`); (vectors, span vectors or None). `advance(share)` is told the
-    share of texts done after each run.
+def embed_texts(texts: list[str], embedder, batch_size: int, advance=None) -> list:
+    """The vectors of `texts`, in order. `advance(share)` is told the share of texts done after each run.
 
     Texts are sorted by length and cut into runs of batch_size / parallel texts: each run is padded to its own
     longest text only (ONNX Runtime runs a batch as one rectangle), and `embedder.parallel` runs go at once, so as
@@ -403,112 +401,102 @@ def embed_texts(texts: list[str], embedder, batch_size: int, spans: list | None 
     compute 2.1% more tokens than the texts hold, by characters 8.1%, in corpus order 38%; counting the tokens
     first cost 2.2% of the embedding time, so sorting by tokens would gain about 4%. Not taken: int8 activations
     are scaled per run, so other runs give other vectors, and stored sentence vectors then drifted from vectors
-    computed at question time beyond what tests/test_index.py allows (score 0.027 apart, 0.02 allowed); sorted by
-    characters, the vectors are main's (the same bytes on the fixture corpus)."""
+    computed at question time beyond what tests/test_index.py allows (score 0.027 apart, 0.02 allowed)."""
     out: list = [None] * len(texts)
-    out_spans: list | None = [None] * len(texts) if spans is not None else None
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     size = max(1, batch_size // embedder.parallel)
     parts = [order[start : start + size] for start in range(0, len(order), size)]
-
-    def run(part):
-        if spans is None:
-            return embedder.encode([texts[i] for i in part]), None
-        return embedder.encode_with_spans([texts[i] for i in part], [spans[i] for i in part])
-
     done = 0
     with ThreadPoolExecutor(embedder.parallel) as pool:
-        for part, (vectors, span_vectors) in zip(parts, pool.map(run, parts)):
+        for part, vectors in zip(parts, pool.map(lambda part: embedder.encode([texts[i] for i in part]), parts)):
             for k, i in enumerate(part):
                 out[i] = vectors[k]
-                if out_spans is not None:
-                    out_spans[i] = span_vectors[k]
             done += len(part)
             if advance:
                 advance(done / len(texts))
-    return out, out_spans
+    return out
 
 
-def embed_papers(papers: list[Paper], nodes: list, embedder, settings: Settings, advance=None) -> dict[str, list]:
-    """Set node.embedding for every chunk; returns paper id -> the vectors of its abstract's sentences (split as
-    evidence scoring splits them), or {} when RAG_SENTENCE_VECTORS is off.
+def embed_papers(
+    papers: list[Paper], nodes: list, embedder, settings: Settings, advance=None
+) -> tuple[dict[str, list], dict[str, list]]:
+    """Embed a batch of papers: (paper id -> the vectors of its abstract's sentences, split as evidence scoring
+    splits them, or {} when RAG_SENTENCE_VECTORS is off; paper id -> its paper vector, what dense search ranks).
 
-    Stored sentence vectors spare embedding the evidence when a question is asked (first answer text 10x sooner on
-    the dev set). RAG_SENTENCE_EMBEDDING=isolated (the default): every sentence is embedded alone, as much
-    embedding again as the chunks. pooled (late chunking): the chunk's forward pass gives them, each the mean of the
-    chunk's token outputs over the sentence's tokens, so they cost no second pass (a sentence found in no chunk is
-    embedded alone); measured on the dev set they select evidence a little worse (README "Index at scale": within
-    a paper, pooled sentence vectors are alike, cosine 0.71 on average against 0.41 alone, so the sentence
-    answering the second part of a question stops standing out). An embedding server gives no token outputs: its
-    sentences are embedded alone. Paper vectors are not made from sentence vectors: their mean lost dev
-    multi-question Recall@10 (0.897 against 0.956 with hybrid search) and SciFact dense nDCG@10 (0.592 against
-    0.649).
+    Stored sentence vectors, each sentence embedded alone, spare embedding the evidence when a question is asked
+    (first answer text 10x sooner on the dev set). Paper vectors (RAG_PAPER_VECTORS): `chunks` (the default)
+    embeds each chunk (title + chunk) and takes their mean, a second pass over about as many tokens as the
+    sentences; `sentences` embeds the titles only and makes each paper's vector from its sentence and title vectors
+    (`paper_vector`), so indexing is one pass (README "Index at scale": ~0.5x the time, evidence the same, search a
+    little different). Without sentence vectors, paper vectors come from the chunks.
+
+    Not taken: sentence vectors pooled from the chunk pass's token outputs ("late chunking"). Measured on the dev
+    set, they select evidence worse: within a paper they are alike (cosine 0.71 on average against 0.41 alone), so
+    the sentence answering the second part of a question stops standing out.
     """
-    texts = [node_text(n) for n in nodes]
     # texts in flight: a server's requests, or local runs (each of embed_batch_size / parallel texts)
     size = settings.embed_url_batch * settings.embed_url_parallel if settings.embed_url else settings.embed_batch_size
     sentences = {p.id: split_sentences(p.abstract) for p in papers} if settings.sentence_vectors else {}
-    found: dict[tuple[str, int], list] = {}
-    pooled = sentences and settings.sentence_embedding == "pooled" and hasattr(embedder, "encode_with_spans")
-    if pooled:
-        spans, owners = sentence_spans(nodes, texts, sentences)
-        vectors, span_vectors = embed_texts(texts, embedder, size, spans, advance)
-        for keys, pieces in zip(owners, span_vectors):
-            found.update((key, v) for key, v in zip(keys, pieces) if v is not None)
-    else:
-        share = 0.5 if sentences else 1.0  # the sentences take about as long as the chunks
-        vectors, _ = embed_texts(texts, embedder, size, advance=advance and (lambda d: advance(d * share)))
-    for node, vector in zip(nodes, vectors):
-        node.embedding = vector
-    missing = [(pid, i) for pid, parts in sentences.items() for i in range(len(parts)) if (pid, i) not in found]
-    if missing:
-        alone, _ = embed_texts(
-            [sentences[pid][i] for pid, i in missing],
-            embedder,
-            size,
-            advance=advance and not pooled and (lambda d: advance(0.5 + d / 2)),
-        )
-        found.update(zip(missing, alone))
-    return {pid: [found[(pid, i)] for i in range(len(parts))] for pid, parts in sentences.items()}
+    from_chunks = not sentences or settings.paper_vectors == "chunks"
+    passes = {
+        "sentences": [s for p in papers for s in sentences.get(p.id, [])],
+        "chunks": [node_text(n) for n in nodes] if from_chunks else [],
+        "titles": [] if from_chunks else [p.title for p in papers],
+    }
+    total, done, out = sum(len(t) for texts in passes.values() for t in texts) or 1, 0, {}
+    for name, texts in passes.items():  # each pass in runs of its own: a run's int8 activations are scaled by the run
+        share = sum(len(t) for t in texts) / total  # progress by characters, about the cost
+        tell = advance and (lambda d, done=done, share=share: advance(done + d * share))
+        out[name] = embed_texts(texts, embedder, size, tell)
+        done += share
+    vectors = iter(out["sentences"])
+    found = {pid: [next(vectors) for _ in parts] for pid, parts in sentences.items()}
+    if from_chunks:
+        return found, chunk_mean_vectors(nodes, out["chunks"])
+    return found, {p.id: paper_vector(found[p.id], sentences[p.id], t) for p, t in zip(papers, out["titles"])}
 
 
-def sentence_spans(nodes: list, texts: list[str], sentences: dict[str, list[str]]) -> tuple[list, list]:
-    """For each chunk text, the character spans of its paper's sentences found in it, and which sentence each is
-    ((paper id, index)). Chunks end on sentence boundaries, so a sentence lies within one chunk unless it alone
-    exceeds the chunk budget; every sentence of the bundled corpus is found."""
-    spans, owners, first = [], [], {}  # first: per paper, its first sentence not yet found in an earlier chunk
-    for node, text in zip(nodes, texts):
-        pid = node.metadata["paper_id"]
-        content = node.get_content()
-        pos = len(text) - len(content) if text.endswith(content) else 0  # after the "title: ..." header
-        here, keys = [], []
-        for i in range(first.get(pid, 0), len(sentences[pid])):
-            at = text.find(sentences[pid][i], pos)
-            if at >= 0:
-                here.append((at, at + len(sentences[pid][i])))
-                keys.append((pid, i))
-                pos = at + len(sentences[pid][i])
-                first[pid] = i + 1
-        spans.append(here)
-        owners.append(keys)
-    return spans, owners
+TITLE_WEIGHT = 0.75  # chosen on the dev sets (README "Index at scale"); SciFact measured after, never tuned on
 
 
-def paper_vectors(chunk_nodes: list) -> tuple[list[str], list[list[float]]]:
-    """One vector per paper, the normalized mean of its chunks' vectors (no extra embedding).
+def paper_vector(sentence_vectors: list, sentences: list[str], title_vector: list) -> list[float]:
+    """A paper's vector from its sentences' and its title's: unit(unit(sum of sentence vectors weighted by their
+    length in characters) + TITLE_WEIGHT * title vector).
 
-    Dense search ranks papers by these: on the dev set they fuse with BM25 better than the best chunk of each
-    paper does (hybrid Recall@5 0.955 against 0.934 on the dev set, measured when chosen).
+    RAG_PAPER_VECTORS=sentences: it stands in for the mean of the chunks' vectors (each chunk embedded with
+    "title: ..." before it), which costs a second embedding pass. The length weights approximate the mean over the
+    abstract's tokens; the title, which every chunk carried, is added back. Cosine to the chunk mean is 0.90 on
+    average: another vector, about as good (README "Index at scale"): dev hybrid Recall@5 0.948 against 0.955,
+    Recall@10 0.989 against 0.979; the plain mean of the sentence vectors lost multi Recall@10 (0.897 against
+    0.914) and SciFact dense nDCG@10 (0.591 against 0.652).
+    """
+    import numpy as np
+
+    def unit(v):
+        return v / max(float(np.linalg.norm(v)), 1e-12)
+
+    title = np.asarray(title_vector, dtype=np.float32)
+    if not sentence_vectors:
+        return unit(title).tolist()
+    weights = np.asarray([len(s) for s in sentences], dtype=np.float32)[:, None]
+    body = unit((np.asarray(sentence_vectors, dtype=np.float32) * weights).sum(0))
+    return unit(body + TITLE_WEIGHT * title).tolist()
+
+
+def chunk_mean_vectors(chunk_nodes: list, vectors: list) -> dict[str, list[float]]:
+    """Paper id -> the normalized mean of its chunks' vectors (`vectors`, one per node).
+
+    Dense search ranks papers by these (the default): on the dev set they fuse with BM25 better
+    than the best chunk of each paper does (hybrid Recall@5 0.955 against 0.934 on the dev set, measured when
+    chosen).
     """
     import numpy as np
 
     grouped: dict[str, list] = {}
-    for node in chunk_nodes:
-        grouped.setdefault(node.metadata["paper_id"], []).append(node.embedding)
-    ids, out = [], []
+    for node, vector in zip(chunk_nodes, vectors):
+        grouped.setdefault(node.metadata["paper_id"], []).append(vector)
+    out = {}
     for pid, vecs in grouped.items():
         mean = np.mean(np.asarray(vecs, dtype=np.float32), axis=0)
-        mean /= np.linalg.norm(mean) or 1.0
-        ids.append(pid)
-        out.append(mean.tolist())
-    return ids, out
+        out[pid] = (mean / (np.linalg.norm(mean) or 1.0)).tolist()
+    return out

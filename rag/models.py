@@ -170,46 +170,6 @@ class OnnxEmbedding:
                 vectors[i] = vector
         return vectors
 
-    def encode_with_spans(self, texts: list[str], spans: list[list[tuple[int, int]]]) -> tuple[list, list]:
-        """One forward pass per text gives its vector (as `encode`) and a vector for each character span of it
-        (late chunking): the mean of the token outputs inside the span, normalized. Returns (text vectors,
-        per text one list of span vectors); a span holding no token gets None."""
-        import numpy as np
-
-        if not texts:
-            return [], []
-        encodings = self.batch.encode_batch(texts)
-        ids = np.array([e.ids for e in encodings], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-        feed = {"input_ids": ids, "attention_mask": mask}
-        if "token_type_ids" in self.inputs:
-            feed["token_type_ids"] = np.zeros_like(ids)
-        out = self.session.run(None, feed)[0]
-        return pool_spans(out, mask, [e.offsets for e in encodings], [e.special_tokens_mask for e in encodings], spans)
-
-
-def pool_spans(out, mask, offsets: list, special: list, spans: list[list[tuple[int, int]]]) -> tuple[list, list]:
-    """Mean pooling of token outputs `out` (texts x tokens x dim): over each text's tokens (the text vector, the
-    sentence-transformers recipe) and over the tokens inside each character span (a span vector); all normalized."""
-    import numpy as np
-
-    def unit(v):
-        return v / max(float(np.linalg.norm(v)), 1e-12)
-
-    weights = mask[..., None].astype(np.float32)
-    pooled = (out * weights).sum(1) / np.clip(weights.sum(1), 1e-9, None)
-    vectors, span_vectors = [unit(v).tolist() for v in pooled], []
-    for row, text_spans in enumerate(spans):
-        starts = np.array([s for s, _ in offsets[row]])
-        ends = np.array([e for _, e in offsets[row]])
-        real = (np.asarray(special[row]) == 0) & (mask[row] == 1)
-        found = []
-        for start, end in text_spans:
-            inside = real & (starts >= start) & (ends <= end) & (ends > starts)
-            found.append(unit(out[row][inside].mean(0)).tolist() if inside.any() else None)
-        span_vectors.append(found)
-    return vectors, span_vectors
-
 
 EXPORT_RECIPE = "opset17-perchannel-qint8"  # part of the cache key: change it when the export changes
 
@@ -349,24 +309,6 @@ class TransformersEmbedding:
             for i, vector in zip(run, pooled.tolist()):
                 vectors[i] = vector
         return vectors
-
-    def encode_with_spans(self, texts: list[str], spans: list[list[tuple[int, int]]]) -> tuple[list, list]:
-        """As OnnxEmbedding.encode_with_spans: text vectors and, from the same pass, each character span's vector."""
-        torch = self.torch
-        with self._lock:
-            batch = self.tokenizer(
-                texts,
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-                return_offsets_mapping=True,
-                return_special_tokens_mask=True,
-            )
-        offsets, special = batch.pop("offset_mapping").tolist(), batch.pop("special_tokens_mask").tolist()
-        with torch.inference_mode(), bf16_if_fast():
-            out = self.model(**batch).last_hidden_state
-        return pool_spans(out.float().numpy(), batch["attention_mask"].numpy(), offsets, special, spans)
 
 
 def bf16_if_fast():

@@ -330,35 +330,38 @@ def test_without_sentence_vectors_answers_embed_the_evidence_when_asked(corpus, 
     assert not answer.refused and answer.evidence[0].title == PROXY
 
 
-@pytest.mark.parametrize("how", ["pooled", "isolated"])
-def test_sentence_vectors_come_from_the_chunk_pass_unless_isolated(corpus, isolated_index, monkeypatch, how):
-    """Pooled: one forward pass per chunk gives the chunk's vector and its sentences' vectors, so no sentence is
-    embedded alone; isolated (the default): each sentence is embedded alone too. Either way every sentence has a
-    stored unit vector and answers quote the answering sentence."""
+@pytest.mark.parametrize("sentence_vectors, paper_vectors", [(True, "chunks"), (True, "sentences"), (False, "chunks")])
+def test_what_each_setting_embeds(corpus, isolated_index, monkeypatch, sentence_vectors, paper_vectors):
+    """Default: the chunks and each sentence alone; RAG_PAPER_VECTORS=sentences: the sentences and the titles, no
+    chunk (one pass), and its paper vectors still find a paper by its title; no sentence vectors: the chunks only.
+    Stored sentence vectors are unit vectors, one per sentence, and answers quote the answering sentence."""
     import numpy as np
 
     from rag.models import OnnxEmbedding
     from rag.sentences import split_sentences
 
     seen = []
-    for method in ("encode", "encode_with_spans"):
-        real = getattr(OnnxEmbedding, method)
-        monkeypatch.setattr(
-            OnnxEmbedding, method, lambda self, texts, *a, real=real: (seen.extend(texts), real(self, texts, *a))[1]
-        )
-    settings = Settings(sentence_embedding=how, llm_backend="none")
+    real = OnnxEmbedding.encode
+    monkeypatch.setattr(OnnxEmbedding, "encode", lambda self, texts: (seen.extend(texts), real(self, texts))[1])
+    settings = Settings(sentence_vectors=sentence_vectors, paper_vectors=paper_vectors, llm_backend="none")
     build_index(settings, [corpus], progress=False)
     papers, *_ = load_papers([str(corpus)], skip_bad=False)
-    sentences = {s for p in papers for s in split_sentences(p.abstract)}
+    sentences = [s for p in papers for s in split_sentences(p.abstract)]
     chunks = [t for t in seen if t.startswith("title: ")]
-    assert len(chunks) == 17 and all(t in seen for t in sentences) == (how == "isolated")
-    assert not sentences & set(seen) if how == "pooled" else len(seen) == 17 + len(sentences)
+    expected = {
+        (True, "chunks"): len(chunks) == 17 and sorted(set(seen) - set(chunks)) == sorted(set(sentences)),
+        (True, "sentences"): not chunks and sorted(seen) == sorted(sentences + [p.title for p in papers]),
+        (False, "chunks"): len(chunks) == 17 == len(seen),
+    }
+    assert expected[sentence_vectors, paper_vectors]
 
     assistant = Assistant(settings)
     stored = assistant.searcher.catalog.sentence_vectors(list(assistant.searcher.papers))
     for pid, paper in assistant.searcher.papers.items():
-        assert len(stored[pid]) == len(split_sentences(paper.abstract))
-        assert np.allclose(np.linalg.norm(stored[pid], axis=1), 1.0, atol=0.01)
+        if sentence_vectors:
+            assert len(stored[pid]) == len(split_sentences(paper.abstract))
+            assert np.allclose(np.linalg.norm(stored[pid], axis=1), 1.0, atol=0.01)
+        assert assistant.search(paper.title, k=1, mode="dense")[0].paper_id == pid
     answer = assistant.ask("How much of the gap to the truly-tuned chat model does proxy-tuning close?")
     assert answer.evidence[0].title == PROXY and "88%" in answer.evidence[0].quote
 
@@ -376,7 +379,7 @@ def test_embedding_runs_hold_texts_of_neighbouring_lengths(monkeypatch):
     runs = []
     real = type(embedder).encode
     monkeypatch.setattr(type(embedder), "encode", lambda self, part: (runs.append(part), real(self, part))[1])
-    vectors, _ = embed_texts(texts, embedder, 16)
+    vectors = embed_texts(texts, embedder, 16)
     lengths = sorted(([len(t) for t in run] for run in runs), key=min)  # runs finish in any order
     assert sorted(t for run in runs for t in run) == sorted(texts) and max(len(r) for r in runs) == 16 // 2
     assert all(max(a) <= min(b) for a, b in zip(lengths, lengths[1:]))
