@@ -1,7 +1,7 @@
 """Indexing's embedding cost: a cold `rag index` of the bundled corpus with and without sentence vectors (and with
 paper vectors made from them, RAG_PAPER_VECTORS=sentences: one pass), and the embedder's settings (ONNX Runtime
-threads, int8 against float32, batch size, sorting by tokens against characters). Medians of interleaved rounds, ratios against a baseline of the same
-run: the machine is shared, absolute times move, ratios much less.
+threads, int8 against float32, batch size, sorting by tokens against characters). Medians of interleaved rounds,
+ratios against a baseline of the same run: the machine is shared, absolute times move, ratios much less.
 
     .venv/bin/python bench/embed.py [--rounds 3] [--base DIR] [--sections index,embedder] [--papers 256]
 
@@ -156,7 +156,7 @@ def embedder_section(rounds: int, papers: int) -> dict:
 
 
 def print_tables(result: dict) -> None:
-    m = result.get("machine") or result["machine_index"]
+    m = result.get("machine_index") or result["machine_embedder"]
     print(f"\n{m['cpu']}, {m['nproc']} cores, load average {m['load_avg_at_start']:.2f} at start, {m['date']}\n")
     if "index" in result:
         rows = result["index"]
@@ -201,14 +201,15 @@ def main() -> int:
     parser.add_argument("--papers", type=int, default=256, help="papers whose chunks the embedder section embeds")
     args = parser.parse_args()
     os.environ.update(HF_HUB_OFFLINE="1", ANONYMIZED_TELEMETRY="False")
-    result: dict = {"machine": machine()}
+    saved = ROOT / "bench" / "results" / "embed.json"
+    result: dict = json.loads(saved.read_text()) if saved.exists() else {}  # the sections not run are kept
     sections = args.sections.split(",")
     if "embedder" in sections:
-        result["embedder"] = embedder_section(args.rounds, args.papers)
+        result.update(machine_embedder=machine(), embedder=embedder_section(args.rounds, args.papers))
     if "index" in sections:
-        result["index"] = index_section(args.rounds, args.base)
+        result.update(machine_index=machine(), index=index_section(args.rounds, args.base))
     save("embed", result)
-    print_tables(result)
+    print_tables({k: v for k, v in result.items() if k.split("_")[-1] in sections})
     return 0
 
 

@@ -211,6 +211,12 @@ def build_index(
         live = storage.read_manifest(index_dir)
         if live and not rebuild:
             check_model(live, settings)
+            if live.get("paper_vectors", "chunks") != paper_vector_kind(settings):  # one kind per index
+                raise IndexingError(
+                    f"the index in {index_dir} has paper vectors made from {live.get('paper_vectors', 'chunks')} but "
+                    f"RAG_PAPER_VECTORS / RAG_SENTENCE_VECTORS give {paper_vector_kind(settings)}: run `rag index "
+                    "--rebuild`, or set them back"
+                )
         sources = list(live.get("sources", []))
         for recorded in clean_unfinished(settings, live):  # what a killed build was asked to add: finish it
             if recorded not in sources and resolve_source(recorded, index_dir).exists():
@@ -292,7 +298,7 @@ def publish_update(settings, incoming, live, sources, files, known, rebuild, rep
                 "generation": generation,
                 "embed_model": report.embed_model,
                 "chunk_tokens": settings.chunk_tokens,
-                "paper_vectors": settings.paper_vectors if settings.sentence_vectors else "chunks",  # of this build
+                "paper_vectors": paper_vector_kind(settings),
                 "chroma": mask_url(settings.chroma_url) or "embedded",
                 "sources": sources,
                 "files": files,
@@ -437,7 +443,7 @@ def embed_papers(
     # texts in flight: a server's requests, or local runs (each of embed_batch_size / parallel texts)
     size = settings.embed_url_batch * settings.embed_url_parallel if settings.embed_url else settings.embed_batch_size
     sentences = {p.id: split_sentences(p.abstract) for p in papers} if settings.sentence_vectors else {}
-    from_chunks = not sentences or settings.paper_vectors == "chunks"
+    from_chunks = paper_vector_kind(settings) == "chunks"
     passes = {
         "sentences": [s for p in papers for s in sentences.get(p.id, [])],
         "chunks": [node_text(n) for n in nodes] if from_chunks else [],
@@ -454,6 +460,11 @@ def embed_papers(
     if from_chunks:
         return found, chunk_mean_vectors(nodes, out["chunks"])
     return found, {p.id: paper_vector(found[p.id], sentences[p.id], t) for p, t in zip(papers, out["titles"])}
+
+
+def paper_vector_kind(settings: Settings) -> str:
+    """What paper vectors a build makes: "sentences" needs the sentence vectors, else "chunks"."""
+    return settings.paper_vectors if settings.sentence_vectors else "chunks"
 
 
 TITLE_WEIGHT = 0.75  # chosen on the dev sets (README "Index at scale"); SciFact measured after, never tuned on

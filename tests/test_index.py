@@ -366,6 +366,20 @@ def test_what_each_setting_embeds(corpus, isolated_index, monkeypatch, sentence_
     assert answer.evidence[0].title == PROXY and "88%" in answer.evidence[0].quote
 
 
+def test_an_update_keeps_the_index_kind_of_paper_vectors(corpus, isolated_index, tmp_path):
+    """Paper vectors of one index are of one kind: an update asking for the other is refused in one line, and
+    the index is unchanged; --rebuild switches."""
+    build_index(Settings(paper_vectors="sentences"), [corpus], progress=False)
+    before = storage.read_manifest(Settings().index_dir)
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text(json.dumps({"title": "A new paper", "abstract": "We study a new thing. It works well."}) + "\n")
+    with pytest.raises(IndexingError, match="paper vectors made from sentences .* run `rag index --rebuild`"):
+        build_index(Settings(), [extra], progress=False)
+    assert storage.read_manifest(Settings().index_dir) == before
+    assert build_index(Settings(), [extra], rebuild=True, progress=False).papers == before["papers"] + 1
+    assert storage.read_manifest(Settings().index_dir)["paper_vectors"] == "chunks"
+
+
 def test_embedding_runs_hold_texts_of_neighbouring_lengths(monkeypatch):
     """embed_texts: each run holds texts of neighbouring lengths (a run is padded to its longest only), the runs
     cover every text once, and the vectors come back in the caller's order."""
