@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import time
+import unicodedata
 from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass, field
 
@@ -270,6 +271,13 @@ LATEX = {"times": "×", "sim": "~", "approx": "≈", "pm": "±", "leq": "≤", "
          "cdot": "·", "ours": "ours", "%": "%", "&": "&", "_": "_", "textbf": "", "emph": "", "textit": ""}  # fmt: skip
 
 
+ACCENTS = {'"': "\u0308", "'": "\u0301", "`": "\u0300", "^": "\u0302", "~": "\u0303"}  # combining marks
+
+
+def accented(m: re.Match) -> str:
+    return unicodedata.normalize("NFC", m.group(2) + ACCENTS[m.group(1)])
+
+
 def display(quote: str) -> str:
     """A quote as a reader should see it: LaTeX escapes and macros of the abstract written out ("54.37\\%" ->
     "54.37%", "3\\times" -> "3×", "$\\sim$0.01%" -> "~0.01%"); the evidence itself keeps the abstract's text."""
@@ -277,9 +285,10 @@ def display(quote: str) -> str:
     quote = re.sub(r"(?<=[a-z]{2})\.(?=[A-Z][a-z])", ". ", quote)  # "inherent ability.We propose": a lost space
     if "\\" not in quote and "$" not in quote:
         return quote
-    text = re.sub(r"\\([A-Za-z]+|[%&_])(\{\})?", lambda m: LATEX.get(m.group(1), m.group(1)), quote)
+    text = re.sub(r"\\([\"'`^~])\{?([A-Za-z])\}?", accented, quote)  # T\\"ULU -> TÜLU
+    text = re.sub(r"\\([A-Za-z]+|[%&_])(\{\})?", lambda m: LATEX.get(m.group(1), m.group(1)), text)
     text = re.sub(r"%sim(?=\d)", "%~", text)  # "15\\%\\sim30\\%" lost its second backslash in some scrapes
-    text = re.sub(r"(?<![\w$])\$([^$]{1,40})\$", r"\1", text)  # inline math: its content
+    text = re.sub(r"(?<![A-Za-z$])\$([^$]{1,40})\$", r"\1", text)  # inline math: its content ("3$\\times$")
     return re.sub(r"\{([^{}]*)\}", r"\1", text)
 
 

@@ -271,6 +271,17 @@ def test_highlight_marks_the_evidence_in_the_abstract():
     assert out.startswith("We tune a large model by proxy.") and "Year: 2024." in out
 
 
+def test_source_cards_write_latex_out_and_still_mark_the_quote():
+    abstract = "Prior work is slow. Our method is 3$\\times$ faster and reaches 54.37\\% accuracy. We release code."
+    out = render.highlight(abstract, [(1, "Our method is 3$\\times$ faster and reaches 54.37\\% accuracy.", 0.7)])
+    assert '<mark title="evidence [1], score 0.70">Our method is 3× faster and reaches 54.37% accuracy.<sup>' in out
+    assert "\\" not in out and "$" not in out and out.startswith("Prior work is slow. ")
+    assert (
+        render.highlight('We introduce T\\"ULU 3 and \\`A-la-carte tuning.', [])
+        == "We introduce TÜLU 3 and À-la-carte tuning."
+    )
+
+
 def test_citations_link_only_to_evidence_that_exists():
     answer = cited_answer()
     out = render.answer_html(3, "Claim [1]. Not a citation [7].", answer)

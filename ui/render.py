@@ -5,7 +5,7 @@ import html
 import re
 from urllib.parse import urlparse
 
-from rag.answer import Answer
+from rag.answer import Answer, display
 
 CITE = re.compile(r"\[(\d+)\]")
 
@@ -147,7 +147,8 @@ def chat_messages(turns: list[Answer], question: str | None = None, partial: str
 
 def highlight(abstract: str, marks: list[tuple[int, str, float]]) -> str:
     """The abstract escaped, each evidence sentence (n, quote, score) in a <mark>; quotes not in it (e.g. an
-    'Authors: ...' line) follow it."""
+    'Authors: ...' line) follow it. The quotes are found in the abstract's own text; each piece is then shown with
+    its LaTeX written out (`display`: "54.37\\%" -> "54.37%"), as the answer shows its quotes."""
     spans, extra = [], []
     for n, quote, score in marks:
         i = abstract.find(quote) if quote else -1
@@ -157,12 +158,14 @@ def highlight(abstract: str, marks: list[tuple[int, str, float]]) -> str:
             extra.append((n, quote, score))
     out, pos = [], 0
     for s, e, n, score in sorted(spans):
-        out.append(esc(abstract[pos:s]))
-        out.append(f'<mark title="evidence [{n}], score {score:.2f}">{esc(abstract[s:e])}<sup>[{n}]</sup></mark>')
+        out.append(esc(display(abstract[pos:s])))
+        out.append(
+            f'<mark title="evidence [{n}], score {score:.2f}">{esc(display(abstract[s:e]))}<sup>[{n}]</sup></mark>'
+        )
         pos = e
-    out.append(esc(abstract[pos:]))
+    out.append(esc(display(abstract[pos:])))
     for n, quote, score in extra:
-        out.append(f'<br><mark title="evidence [{n}], score {score:.2f}">{esc(quote)}<sup>[{n}]</sup></mark>')
+        out.append(f'<br><mark title="evidence [{n}], score {score:.2f}">{esc(display(quote))}<sup>[{n}]</sup></mark>')
     return "".join(out)
 
 
@@ -199,7 +202,7 @@ def hit_cards(hits: list, numbered: bool = True, cls: str = "rag-card") -> str:
             f'<div class="{cls}" data-paper="{esc(h.paper_id)}">'
             f'<div class="rag-card-title">{rank}{title_link(h.title, h.url)}</div>'
             f'<div class="rag-meta">score {h.score:.4f} · {esc(h.source)}</div>'
-            f'<p class="rag-abstract">{esc(h.snippet)}</p></div>'
+            f'<p class="rag-abstract">{esc(display(h.snippet))}</p></div>'
         )
     return "".join(cards)
 
