@@ -128,6 +128,16 @@ WANTED_RULES: list[tuple[str, re.Pattern, tuple[str, ...]]] = [
         ("result",),
     ),
     (
+        # evidence: "what evidence is there that ...", "what do studies show ...": findings are stated as results
+        "evidence",
+        re.compile(
+            r"\b((what|any|is there|the) ([\w-]+ ){0,3}evidence|evidence (for|that|of|on|about))\b|"
+            r"\bwhat (do|did|does) (the )?(studies|papers|experiments|works|results|data) (show|find|say|suggest)\b",
+            re.I,
+        ),
+        ("result", "objective"),
+    ),
+    (
         # how much / how many: a count is as often the set-up (data, steps, tasks) as the outcome: of the 26
         # sentences answering the dev fact questions, 13 are predicted method and 10 result.
         "quantity",
@@ -166,7 +176,8 @@ DEFAULT_WANTED = ("objective", "method", "result", "other")  # no cue: anything 
 def wanted_roles(question: str) -> tuple[str, ...]:
     """The roles of the sentences that answer `question`, the most wanted first.
 
-    Mechanism ("how does X work") -> method; how well -> result; how much / how many -> result, method (a count is
+    Mechanism ("how does X work") -> method; how well -> result; evidence for / what studies show -> result,
+    objective; how much / how many -> result, method (a count is
     as often the set-up as the outcome); which papers / what is X / open question -> objective, method; why /
     motivation / limitations of prior work -> background, objective. When several rules match, their roles are
     joined: background first when asked for, then the rule whose cue comes first in the question. Background is

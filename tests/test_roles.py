@@ -95,6 +95,8 @@ def test_shifted_moves_rows_with_zeros_past_the_ends():
         ("What are the open questions in retrieval-augmented generation?", "objective", ("method",)),
         ("Why is long video generation hard?", "background", ()),
         ("What are the limitations of existing tool-use benchmarks?", "background", ()),
+        ("What evidence is there that chain-of-thought helps small models?", "result", ("objective",)),
+        ("What do studies show about safety training being undone?", "result", ("objective",)),
     ],
 )
 def test_wanted_roles(question, first, also):
