@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     sentence_vectors: bool = Field(
         True,
         description="Store each abstract sentence's vector when indexing: answers embed only the question (first "
-        "text ~10x sooner); indexing takes ~1.7x as long, unless RAG_PAPER_VECTORS=sentences.",
+        "text ~10x sooner); indexing takes ~1.6x as long, unless RAG_PAPER_VECTORS=sentences.",
     )
     paper_vectors: Literal["chunks", "sentences"] = Field(
         "chunks",
