@@ -275,7 +275,7 @@ ACCENTS = {'"': "\u0308", "'": "\u0301", "`": "\u0300", "^": "\u0302", "~": "\u0
 
 
 def accented(m: re.Match) -> str:
-    return unicodedata.normalize("NFC", m.group(2) + ACCENTS[m.group(1)])
+    return unicodedata.normalize("NFC", (m.group(2) or m.group(3)) + ACCENTS[m.group(1)])
 
 
 def display(quote: str) -> str:
@@ -285,10 +285,11 @@ def display(quote: str) -> str:
     quote = re.sub(r"(?<=[a-z]{2})\.(?=[A-Z][a-z])", ". ", quote)  # "inherent ability.We propose": a lost space
     if "\\" not in quote and "$" not in quote:
         return quote
-    text = re.sub(r"\\([\"'`^~])\{?([A-Za-z])\}?", accented, quote)  # T\\"ULU -> TÜLU
+    text = re.sub(r"\\(\"(?=\{?[AEIOUYaeiouy])|['`^~])(?:\{([A-Za-z])\}|([A-Za-z]))", accented, quote)  # T\\"ULU
     text = re.sub(r"\\([A-Za-z]+|[%&_])(\{\})?", lambda m: LATEX.get(m.group(1), m.group(1)), text)
     text = re.sub(r"%sim(?=\d)", "%~", text)  # "15\\%\\sim30\\%" lost its second backslash in some scrapes
-    text = re.sub(r"(?<![A-Za-z$])\$([^$]{1,40})\$", r"\1", text)  # inline math: its content ("3$\\times$")
+    text = re.sub(r"\$([×~≈±≤≥·])\$", r"\1", text)  # a symbol alone in math, wherever it stands: "3$\\times$"
+    text = re.sub(r"(?<![\w$])\$([^$]{1,40})\$", r"\1", text)  # inline math: its content
     return re.sub(r"\{([^{}]*)\}", r"\1", text)
 
 

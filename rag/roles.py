@@ -128,10 +128,13 @@ WANTED_RULES: list[tuple[str, re.Pattern, tuple[str, ...]]] = [
         ("result",),
     ),
     (
-        # evidence: "what evidence is there that ...", "what do studies show ...": findings are stated as results
+        # evidence asked for: "what evidence is there that ...", "is there evidence for ...", "what do studies show
+        # ...": findings are stated as results. Not a question about evidence ("what is evidence retrieval?").
         "evidence",
         re.compile(
-            r"\b((what|any|is there|the) ([\w-]+ ){0,3}evidence|evidence (for|that|of|on|about))\b|"
+            r"\bwhat ([\w-]+ ){0,2}evidence (is there|exists?|do|does|did|supports?|shows?|suggests?)\b|"
+            r"\bis there (any |some )?([\w-]+ )?evidence\b|"
+            r"\bwhat is the ([\w-]+ ){0,3}evidence(?=\s*[?.,;]|\s+(for|that|on)\b)|"
             r"\bwhat (do|did|does) (the )?(studies|papers|experiments|works|results|data) (show|find|say|suggest)\b",
             re.I,
         ),

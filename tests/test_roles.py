@@ -97,6 +97,8 @@ def test_shifted_moves_rows_with_zeros_past_the_ends():
         ("What are the limitations of existing tool-use benchmarks?", "background", ()),
         ("What evidence is there that chain-of-thought helps small models?", "result", ("objective",)),
         ("What do studies show about safety training being undone?", "result", ("objective",)),
+        ("What is evidence retrieval in fact checking?", "objective", ("method",)),  # about evidence: not asked for
+        ("How does the model find evidence for a claim?", "method", ()),
     ],
 )
 def test_wanted_roles(question, first, also):

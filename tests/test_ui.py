@@ -277,9 +277,12 @@ def test_source_cards_write_latex_out_and_still_mark_the_quote():
     assert '<mark title="evidence [1], score 0.70">Our method is 3× faster and reaches 54.37% accuracy.<sup>' in out
     assert "\\" not in out and "$" not in out and out.startswith("Prior work is slow. ")
     assert (
-        render.highlight('We introduce T\\"ULU 3 and \\`A-la-carte tuning.', [])
-        == "We introduce TÜLU 3 and À-la-carte tuning."
+        render.highlight('We introduce T\\"ULU 3, G{\\"o}del and \\`A-la-carte tuning.', [])
+        == "We introduce TÜLU 3, Gödel and À-la-carte tuning."
     )
+    # math after a letter keeps its dollars rather than pairing them with the next formula's; prices stay
+    kept = "an F$_1$ of 90.1 and a 2× speedup for 100$ per model"
+    assert render.highlight("an F$_1$ of 90.1 and a 2$\\times$ speedup for 100$ per model", []) == kept
 
 
 def test_citations_link_only_to_evidence_that_exists():
