@@ -371,6 +371,7 @@ def test_an_update_keeps_the_index_kind_of_paper_vectors(corpus, isolated_index,
     the index is unchanged; --rebuild switches."""
     build_index(Settings(paper_vectors="sentences"), [corpus], progress=False)
     before = storage.read_manifest(Settings().index_dir)
+    assert Assistant(Settings(llm_backend="none")).status()["paper_vectors"] == "sentences"  # rag doctor shows it
     extra = tmp_path / "extra.jsonl"
     extra.write_text(json.dumps({"title": "A new paper", "abstract": "We study a new thing. It works well."}) + "\n")
     with pytest.raises(IndexingError, match="paper vectors made from sentences .* run `rag index --rebuild`"):
