@@ -316,6 +316,13 @@ INTRODUCED_NAME = [
     re.compile(
         r"\b(?:propose|introduce|present)s?\s+((?-i:(?=[\w\-+]*(?:[a-z][A-Z]|[A-Z]{2}))[A-Z][\w\-+]*[\w+]))", re.I
     ),
+    # "we propose a training-free method FocusICL"
+    re.compile(
+        r"\b(?:propose|introduce|present)s?\s+(?:an?\s+|the\s+)?(?:[\w-]+\s+){0,4}?(?:method|framework|approach|model|"
+        r"technique|algorithm|strategy|system|pipeline|benchmark|dataset|module|architecture),?\s+"
+        r"((?-i:(?=[\w\-+]*(?:[a-z][A-Z]|[A-Z]{2}))[A-Z][\w\-+]*[\w+]))",
+        re.I,
+    ),
 ]
 
 

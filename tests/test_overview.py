@@ -59,6 +59,9 @@ def test_short_names():
         == "Model Breadcrumbs Scale Merging"
     )
     assert short_name("No Training, No Problem: Rethinking Classifier-Free Guidance") == "No Training, No Problem"
+    focus = "Focused Large Language Models are Stable Many-Shot Learners"  # six words would cut off "Many-Shot"
+    assert short_name(focus, "we propose a training-free method FocusICL, which conducts filtering") == "FocusICL"
+    assert short_name("Some Title About Things", "We propose a new model that is better.") == "Some Title About Things"
 
 
 def test_an_overview_line_never_refers_to_a_sentence_it_does_not_show():
