@@ -349,7 +349,7 @@ class Assistant:
             "papers": s.manifest["papers"],
             "chunks": s.manifest["chunks"],
             "embed_model": s.manifest["embed_model"],
-            "paper_vectors": s.manifest.get("paper_vectors", "chunks"),  # RAG_PAPER_VECTORS of its builds
+            "paper_vectors": storage.paper_vectors_of(s.manifest),
             "built_at": s.manifest.get("built_at", ""),
             "index_dir": str(self.settings.index_dir),
             "llm": self.describe_llm(),

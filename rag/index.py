@@ -211,11 +211,11 @@ def build_index(
         live = storage.read_manifest(index_dir)
         if live and not rebuild:
             check_model(live, settings)
-            if live.get("paper_vectors", "chunks") != paper_vector_kind(settings):  # one kind per index
+            had, wanted = storage.paper_vectors_of(live), paper_vector_kind(settings)
+            if had != wanted:  # one kind per index
                 raise IndexingError(
-                    f"the index in {index_dir} has paper vectors made from {live.get('paper_vectors', 'chunks')} but "
-                    f"RAG_PAPER_VECTORS / RAG_SENTENCE_VECTORS give {paper_vector_kind(settings)}: run `rag index "
-                    "--rebuild`, or set them back"
+                    f"the index in {index_dir} has paper vectors made from {had} but RAG_PAPER_VECTORS / "
+                    f"RAG_SENTENCE_VECTORS give {wanted}: run `rag index --rebuild`, or set them back"
                 )
         sources = list(live.get("sources", []))
         for recorded in clean_unfinished(settings, live):  # what a killed build was asked to add: finish it
@@ -483,9 +483,6 @@ def paper_vector(sentence_vectors: list, sentences: list[str], title_vector: lis
     """
     import numpy as np
 
-    def unit(v):
-        return v / max(float(np.linalg.norm(v)), 1e-12)
-
     title = np.asarray(title_vector, dtype=np.float32)
     if not sentence_vectors:
         return unit(title).tolist()
@@ -508,6 +505,12 @@ def chunk_mean_vectors(chunk_nodes: list, vectors: list) -> dict[str, list[float
         grouped.setdefault(node.metadata["paper_id"], []).append(vector)
     out = {}
     for pid, vecs in grouped.items():
-        mean = np.mean(np.asarray(vecs, dtype=np.float32), axis=0)
-        out[pid] = (mean / (np.linalg.norm(mean) or 1.0)).tolist()
+        out[pid] = unit(np.mean(np.asarray(vecs, dtype=np.float32), axis=0)).tolist()
     return out
+
+
+def unit(vector):
+    """`vector` (numpy) scaled to length 1; a zero vector stays zero."""
+    import numpy as np
+
+    return vector / max(float(np.linalg.norm(vector)), 1e-12)

@@ -63,6 +63,12 @@ def read_manifest(index_dir: Path) -> dict:
         return {}
 
 
+def paper_vectors_of(manifest: dict) -> str:
+    """What the index's paper vectors are made from (RAG_PAPER_VECTORS); "chunks" for an index built before the
+    setting existed."""
+    return manifest.get("paper_vectors", "chunks")
+
+
 def version_of(manifest: dict) -> str | None:
     """A token that changes whenever a build publishes; a long-running server compares it to reopen the index."""
     return f"{manifest['store']}.{manifest['generation']}" if manifest else None
