@@ -21,6 +21,7 @@ from rag import conversation, limits
 from rag.citations import FREE, Checked, StreamVerifier, judge, judge_reliable, numbers, parse_markers
 from rag.evidence import (
     INTRODUCES,
+    OFF_ROLE_WEIGHT,
     QUANTITY_QUESTION,
     Evidence,
     asked_parts,
@@ -373,7 +374,8 @@ def gather(question: str, history: list | None, settings: Settings, searcher, k:
     t = time.perf_counter()
     top = hits[: settings.answer_papers]
     stored = searcher.sentence_vectors([h.paper_id for h in top])
-    scored = score_sentences(asks, ask_vectors, top, searcher.papers, searcher.embed, stored, searcher.roles)
+    off_role = OFF_ROLE_WEIGHT if kind == "fact" else 1.0
+    scored = score_sentences(asks, ask_vectors, top, searcher.papers, searcher.embed, stored, searcher.roles, off_role)
     draft.scored = scored
     floor = settings.evidence_floor_papers if WHICH_PAPERS.search(question) else settings.evidence_floor
     draft.answer.evidence = select(

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
 from rag.corpus import Paper
-from rag.roles import sentence_roles, wanted_roles
+from rag.roles import LIMITATION_QUESTION, sentence_roles, wanted_roles
 from rag.sentences import split_sentences
 
 W_MEANING, W_WORDS, W_KIND, W_RANK = 0.5, 0.4, 0.1, 0.1
@@ -64,6 +64,14 @@ QUANTITY_QUESTION = re.compile(
     r"(model|dataset|data) size|(average )?margin|win[- ]rate)\b",
     re.I,
 )
+# What is wrong with X (rag/roles.py LIMITATION_QUESTION) is answered by a sentence that says what fails, costs or is
+# missing.
+LIMITATION = re.compile(
+    r"\b(however|but|yet|while|although|despite|fail\w*|unstable|instabilit\w*|costly|expensive|prohibitive|"
+    r"limit\w*|suffer\w*|struggl\w*|difficult\w*|challeng\w*|bias\w*|vulnerab\w*|brittle|hack\w*|lack\w*|"
+    r"insufficient|poor\w*|degrad\w*)\b",
+    re.I,
+)
 # What a question asks for, and what a sentence that answers it holds.
 ANSWER_KINDS = [
     (QUANTITY_QUESTION, NUMBER),
@@ -75,6 +83,7 @@ ANSWER_KINDS = [
         ),
         re.compile(r"\b(outperform\w*|improv\w*|achiev\w*|surpass\w*|state-of-the-art|better|gains?)\b|\d", re.I),
     ),
+    (LIMITATION_QUESTION, LIMITATION),
     (
         re.compile(r"\bhow (does|do|did|can|is|are)\b|\bin what way\b|\bby what\b", re.I),
         re.compile(r"\b(by|via|through|using|uses|leverag\w*|relies on|consists? of)\b", re.I),
@@ -224,10 +233,22 @@ def asked_parts(question: str) -> list[str]:
 
 
 BACKGROUND_WEIGHT = 0.8  # a background sentence's score, when the question does not ask for background (calibrated)
+# For a fact question: a sentence of a role the question does not want (a result for "how does X work?"). On 30
+# "How does <name> work?" questions over the bundled corpus the opening quoted a result, an evaluation or a
+# code link for 16 with no weight and 9 with 0.85 (read by hand); 0.75 reads better still but loses two dev openings
+# (d017, d058).
+OFF_ROLE_WEIGHT = 0.85
 
 
 def score_sentences(
-    asks: list[str], ask_vectors: list, hits: list, papers, embed, stored: dict | None = None, roles: bool = False
+    asks: list[str],
+    ask_vectors: list,
+    hits: list,
+    papers,
+    embed,
+    stored: dict | None = None,
+    roles: bool = False,
+    off_role: float = 1.0,
 ) -> list[Evidence]:
     """Every sentence of the hit papers, scored against the question, best first (n is not yet assigned). When the
     question asks several things, each sentence is also scored against each part (`Evidence.part_scores`).
@@ -236,7 +257,9 @@ def score_sentences(
     embeds the sentences that `stored` (paper id -> one vector per abstract sentence, from index time) does not
     hold: the metadata lines, or every sentence of an index built without sentence vectors.
     With `roles` (the stored vectors are the role model's: rag/roles.py), each abstract sentence gets its role, and
-    a background sentence counts BACKGROUND_WEIGHT of its score unless the question asks for background.
+    a background sentence counts BACKGROUND_WEIGHT of its score unless the question (part) asks for background;
+    a sentence of another role the question does not want counts `off_role` of it (OFF_ROLE_WEIGHT for fact
+    questions; overview answers choose among a paper's sentences by role instead: rag/overview.py).
     """
     import numpy as np
 
@@ -264,20 +287,28 @@ def score_sentences(
     ask_terms = [content_terms(a) for a in asks]
     wants = [[holds for kind, holds in ANSWER_KINDS if kind.search(a)][:1] for a in asks]
     title_terms = {hit.paper_id: content_terms(papers[hit.paper_id].title) for hit in hits}
-    demote = roles and "background" not in wanted_roles(asks[0])
+    wanted = [wanted_roles(a) for a in asks]
     out = []
     for (hit, paper, sentence), cosines, role in zip(rows, meaning.tolist(), kinds):
         terms = content_terms(sentence) | title_terms[hit.paper_id]
         scores = [
-            sentence_score(cosines[i], ask_terms[i], wants[i], terms, sentence, hit.rank) for i in range(len(asks))
+            sentence_score(cosines[i], ask_terms[i], wants[i], terms, sentence, hit.rank)
+            * role_weight(role if roles else "", wanted[i], off_role)
+            for i in range(len(asks))
         ]
-        if demote and role == "background":
-            scores = [x * BACKGROUND_WEIGHT for x in scores]
         ev = Evidence(0, hit.paper_id, paper.title, paper.url, sentence, round(scores[0], 4), hit.rank, role=role)
         ev.part_scores = [round(x, 4) for x in scores[1:]]
         out.append(ev)
     out.sort(key=lambda e: -e.score)
     return out
+
+
+def role_weight(role: str, wanted: tuple[str, ...], off_role: float) -> float:
+    """How much of its score a sentence of `role` keeps for a question (part) wanting `wanted` roles: background
+    BACKGROUND_WEIGHT unless asked for, another role the question does not want `off_role`, else all of it."""
+    if not role or role in wanted:
+        return 1.0
+    return BACKGROUND_WEIGHT if role == "background" else off_role
 
 
 def select(scored: list[Evidence], per_paper: int, limit: int, threshold: float, floor: float = 0.0) -> list[Evidence]:

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rag.evidence import INTRODUCES, STOPWORDS, Evidence, content_terms, stems
-from rag.roles import wanted_roles
+from rag.evidence import INTRODUCES, LIMITATION, STOPWORDS, Evidence, content_terms, stems
+from rag.roles import LIMITATION_QUESTION, wanted_roles
 
 OVERVIEW_CANDIDATES = 25  # papers considered; hybrid search holds 73% of the relevant ones in its top 20 (dev)
 MAX_PAPERS = 10  # lines in one overview
@@ -157,10 +157,12 @@ def paper_features(question: str, hits: list, key: dict[str, Evidence], vectors:
     return out
 
 
-def key_sentences(scored: list[Evidence], wanted: tuple[str, ...] = ()) -> dict[str, Evidence]:
+def key_sentences(scored: list[Evidence], wanted: tuple[str, ...] = (), question: str = "") -> dict[str, Evidence]:
     """paper id -> its key sentence: the best-scoring one that stands on its own (no connective that refers to a
     sentence not shown, no list item cut from its list) and, among those, of a role the question wants first
-    (rag/roles.py: "what approaches ..." wants the objective or the method), when it scores nearly as well."""
+    (rag/roles.py: "what approaches ..." wants the objective or the method), when it scores nearly as well; for
+    "the limitations of X", one that says what fails or costs ("RLHF is complex and often unstable"), not the
+    premise ("RLHF has emerged as the main paradigm ...")."""
     by_paper: dict[str, list[Evidence]] = {}
     for ev in scored:  # best first
         if not ev.quote.startswith(("Authors: ", "Year: ")):
@@ -173,6 +175,8 @@ def key_sentences(scored: list[Evidence], wanted: tuple[str, ...] = ()) -> dict[
         preferred = [ev for ev in standing if ev.role and ev.role in wanted[:2]]
         if {"objective", "method"} & set(wanted[:2]):  # what a paper does: the sentence that says what it proposes
             preferred = [ev for ev in preferred or standing if INTRODUCES.search(ev.quote)] or preferred
+        if LIMITATION_QUESTION.search(question):
+            preferred = [ev for ev in preferred or standing if LIMITATION.search(ev.quote)] or preferred
         key[pid] = (preferred or standing or alone or [best])[0]
     return key
 
@@ -210,7 +214,7 @@ def without_lead_in(quote: str) -> str:
 
 def select_papers(question: str, hits: list, scored: list[Evidence], vectors: dict, ask_vector, papers):
     """The relevant papers' key sentences, most relevant first (at most MAX_PAPERS); n is not yet assigned."""
-    key = key_sentences(scored, wanted_roles(question))
+    key = key_sentences(scored, wanted_roles(question), question)
     features = paper_features(question, hits, key, vectors, ask_vector, papers)
     probability = {pid: relevance(f) for pid, f in features.items()}
     kept = sorted((pid for pid, p in probability.items() if p >= RELEVANCE), key=lambda pid: -probability[pid])

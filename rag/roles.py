@@ -105,16 +105,25 @@ def sentence_roles(vectors: list[list[float]] | np.ndarray) -> list[str]:
 # Every rule that matches adds its roles (a question may ask two things): an explicit ask for background first, then
 # the rule whose cue comes first in the question ("How does LoRA reduce the number of parameters?" is a mechanism
 # question); on a tie, list order.
+# What is wrong with X: its limitations (rag/evidence.py LIMITATION: the sentence that states one).
+LIMITATION_QUESTION = re.compile(
+    r"\b(limitations?|shortcomings?|drawbacks?|weakness(es)?|pitfalls?|failure modes?)\b", re.I
+)
 WANTED_RULES: list[tuple[str, re.Pattern, tuple[str, ...]]] = [
     (
         # why the work exists: the only rule that asks for background
         "motivation",
         re.compile(
-            r"\b(why|motivat\w*|background|what (problem|issue|gap|challenge)s?|challenges?|limitations? of "
-            r"(existing|prior|previous|current)|shortcomings?|drawbacks?)\b",
+            r"\b(why|motivat\w*|background|what (problem|issue|gap|challenge)s?|challenges?)\b",
             re.I,
         ),
         ("background", "objective"),
+    ),
+    (
+        # what is wrong with X: stated as the problem a paper sets out to fix (background) or as a finding
+        "limitations",
+        LIMITATION_QUESTION,
+        ("background", "result"),
     ),
     (
         # how well: comparisons and gains are stated as results
@@ -159,7 +168,7 @@ WANTED_RULES: list[tuple[str, re.Pattern, tuple[str, ...]]] = [
             r"architecture|strategy|procedure|objective|loss)\b|\bwhat does .* use\b",
             re.I,
         ),
-        ("method",),
+        ("method", "objective"),
     ),
     (
         # which papers / what is studied / open questions: what the work sets out to do, and how

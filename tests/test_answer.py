@@ -177,3 +177,20 @@ def test_the_answering_clause_states_a_number_the_question_does_not():
     question = "How much does LayerNorm tuning reduce trainable parameters compared to LoRA on a 13B model?"
     clause = answering_clause(sentence, question)
     assert "41.9%" in clause and "13B" not in clause
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "question, says, not_says",
+    [
+        # without the role weighting these opened with "Extensive experiments ... show that DR-Tune consistently
+        # improves ...", "Our code and adapters are available at AdapterHub.ml." and "We evaluate UniPT with ..."
+        ("How does DR-Tune work?", "distribution regularization", "Extensive experiments"),
+        ("How does AdapterFusion work?", "combine the adapters", "available at"),
+        ("How does UniPT work?", "parallel network", "We evaluate UniPT"),
+    ],
+)
+def test_a_how_question_opens_with_how_the_method_works_not_with_its_results(bundled_index, question, says, not_says):
+    answer = Assistant(Settings(index_dir=bundled_index, llm_backend="none")).ask(question)
+    assert answer.kind == "fact" and not answer.refused
+    assert says in answer.opening and not_says not in answer.opening, answer.opening

@@ -154,3 +154,14 @@ def test_the_bundled_model_is_not_asked_for_an_overview(fixture_index):
     llm = ScriptedLLM(script=tokens("Long videos are made by noise rescheduling [1]."), prompts=[])
     answer = Assistant(Settings(index_dir=fixture_index, answer_style="extractive"), llm=llm).ask(LONG_VIDEO)
     assert llm.prompts == [] and "noise rescheduling [1]" not in answer.prose and answer.generated == {}
+
+
+@pytest.mark.slow
+def test_the_limitations_of_a_method_are_answered_with_sentences_that_state_them(bundled_index):
+    """Not with each paper's premise ("RLHF has emerged as the main paradigm ...") or its own method."""
+    answer = Assistant(Settings(index_dir=bundled_index, llm_backend="none")).ask(
+        "What are the limitations of reinforcement learning from human feedback?"
+    )
+    lines = {c.title: line for c in answer.citations for line in answer.prose.split("\n") if f"[{c.n}]: “" in line}
+    assert "inherent limitation of current reward models" in lines["Nash Learning from Human Feedback"]
+    assert "unstable" in lines["Direct Preference Optimization: Your Language Model is Secretly a Reward Model"]

@@ -87,18 +87,20 @@ def test_shifted_moves_rows_with_zeros_past_the_ends():
 @pytest.mark.parametrize(
     "question, first, also",
     [
-        ("How does LoRA reduce the number of trainable parameters?", "method", ()),
+        ("How does LoRA reduce the number of trainable parameters?", "method", ("objective",)),
         ("How well does the model do on GLUE compared with BERT?", "result", ()),
         ("By how much does FewGen beat few-shot methods?", "result", ()),
         ("How many training examples did TL-Training use?", "result", ("method",)),
         ("Which papers study weak-to-strong generalization?", "objective", ("method",)),
         ("What are the open questions in retrieval-augmented generation?", "objective", ("method",)),
         ("Why is long video generation hard?", "background", ()),
-        ("What are the limitations of existing tool-use benchmarks?", "background", ()),
+        ("What are the limitations of existing tool-use benchmarks?", "background", ("result",)),
+        ("What are the limitations of reinforcement learning from human feedback?", "background", ("result",)),
+        ("What are the weaknesses of LLM-as-a-judge evaluation?", "background", ("result",)),
         ("What evidence is there that chain-of-thought helps small models?", "result", ("objective",)),
         ("What do studies show about safety training being undone?", "result", ("objective",)),
         ("What is evidence retrieval in fact checking?", "objective", ("method",)),  # about evidence: not asked for
-        ("How does the model find evidence for a claim?", "method", ()),
+        ("How does the model find evidence for a claim?", "method", ("objective",)),
     ],
 )
 def test_wanted_roles(question, first, also):
