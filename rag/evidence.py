@@ -213,7 +213,8 @@ def question_parts(question: str) -> list[str]:
 
 # Sentences that never answer a question about the research: links, code release notes.
 BOILERPLATE = re.compile(
-    r"https?://|\b(code|data|models?|datasets?)( and (code|data|models?))? (is|are|will be) (publicly |freely )?"
+    r"https?://|\b(code|data|models?|datasets?)( and (code|data|models?|datasets?|weights|checkpoints|adapters))? "
+    r"(is|are|will be) (publicly |freely )?"
     r"(available|released)|\bwe (will )?(publicly )?release (our|the) code\b",
     re.I,
 )

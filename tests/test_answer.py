@@ -194,3 +194,15 @@ def test_a_how_question_opens_with_how_the_method_works_not_with_its_results(bun
     answer = Assistant(Settings(index_dir=bundled_index, llm_backend="none")).ask(question)
     assert answer.kind == "fact" and not answer.refused
     assert says in answer.opening and not_says not in answer.opening, answer.opening
+
+
+def test_code_release_sentences_are_boilerplate():
+    from rag.evidence import BOILERPLATE
+
+    for sentence in (
+        "Our code and adapters are available at AdapterHub.ml.",
+        "Code and data are publicly available.",
+        "We will release the code.",
+    ):
+        assert BOILERPLATE.search(sentence), sentence
+    assert not BOILERPLATE.search("Adapters are available for 40 languages, and we compose them at inference.")
