@@ -28,6 +28,7 @@ from rag.evidence import (
     content_terms,
     refusal_reason,
     score_sentences,
+    unanswered_parts,
     select,
 )
 from rag.generation import Deadline, Writer
@@ -250,14 +251,17 @@ def naming_sentence(scored: list[Evidence], evidence: list[Evidence]) -> Evidenc
     return found
 
 
-def answering_sentences(question: str, evidence: list[Evidence]) -> list[Evidence]:
+def answering_sentences(question: str, evidence: list[Evidence], unanswered=()) -> list[Evidence]:
     """The evidence sentence that answers each part of the question (one for most questions), best paper first:
-    a part's answer comes from the top paper when that paper holds a sentence nearly as good as any other."""
+    a part's answer comes from the top paper when that paper holds a sentence nearly as good as any other. Parts
+    in `unanswered` (indexes) get none."""
     parts = len(evidence[0].part_scores)
     if not parts:
         return [evidence[0]]
     chosen: list[Evidence] = []
     for part in range(parts):
+        if part in unanswered:
+            continue
         best = max(evidence, key=lambda ev: ev.part_scores[part])
         same_paper = [ev for ev in evidence if ev.n == evidence[0].n]
         top = max(same_paper, key=lambda ev: ev.part_scores[part])
@@ -558,21 +562,29 @@ def run(
         settings.unknown_share,
         open_question=answer.kind != "fact",
     )
-    if reason:
-        yield from refuse(draft, reason)
+    parts = draft.asks[1:]
+    unanswered = {}
+    if answer.kind == "fact":
+        unanswered = unanswered_parts(parts, answer.evidence, searcher.vocabulary, settings.refuse_threshold)
+    if unanswered and len(unanswered) < len(parts):  # some parts are answered, the others said missing
+        reason = None
+    if reason or len(unanswered) == len(parts) > 1:
+        yield from refuse(draft, reason or next(iter(unanswered.values())))
         return draft.finish()
     style = answer_style(settings)
     if answer.kind != "fact":  # the lines are quotes; a capable model adds each group's sentence, the bundled none
         synthesis = writer if style == "synthesis" else None
         yield from overview(draft, searcher, synthesis, deadline, settings.verify_with_llm)
         return draft.finish()
-    answering = draft.answering = answering_sentences(answer.question, answer.evidence)
+    answering = draft.answering = answering_sentences(answer.question, answer.evidence, unanswered)
     named = bool(WHICH_PAPER.search(answer.question))
     if named and not answer.evidence[0].part_scores:  # "which method ...?" asking one thing: where it is named
         answering = [naming_sentence(draft.scored, answer.evidence) or answering[0]]
     opening = opening_sentence(answer.question, answer.evidence, answering, named)
     if style == "extractive" or writer is None:
         yield draft.emit(opening)
+    for i in sorted(unanswered):  # after the opening: said, not quoted or cited
+        yield draft.emit(f"Not stated in the indexed abstracts: {parts[i]}?")
     if writer is not None:
         yield from generate(draft, writer, style, deadline, settings.verify_with_llm)
     if not draft.pieces:

@@ -356,8 +356,10 @@ def refusal_reason(
     refuse_below: float,
     unknown_share: float,
     open_question: bool = False,
+    best: float | None = None,
 ) -> str | None:
-    """Why the evidence cannot answer the question, or None when it can.
+    """Why the evidence cannot answer the question, or None when it can. `best`: the best score of a sentence for
+    this question when it is one part of a longer one (else the first sentence's).
 
     Three checks: the best sentence must score at least `refuse_below`; the question's own topic words must occur
     in the corpus (a question about "homomorphic encryption" in a corpus that never says "homomorphic" is about
@@ -365,13 +367,31 @@ def refusal_reason(
     rarely state needs evidence that states one. An open question over the literature (`open_question`) asks for
     no such fact, and its many words may include some the corpus never uses: twice the share is allowed.
     """
-    if not evidence or evidence[0].score < refuse_below:
+    best = best if best is not None else evidence[0].score if evidence else 0.0
+    if not evidence or best < refuse_below:
         return "no passage of the indexed abstracts is close enough to the question"
     words, unknown = topic_words(question, vocabulary)
     allowed = 2 * unknown_share if open_question else unknown_share
-    if words and len(unknown) / len(words) >= allowed and evidence[0].score < STRONG_MATCH:
+    if words and len(unknown) / len(words) >= allowed and best < STRONG_MATCH:
         return f"the indexed papers never mention {', '.join(repr(w) for w in unknown[:3])}"
     kind = None if open_question else asked_kind(question)
     if kind and not any(FACT_KINDS[kind][1].search(ev.quote) for ev in evidence):
         return f"the question asks for {kind}, which the indexed abstracts do not state"
     return None
+
+
+def unanswered_parts(parts: list[str], evidence: list[Evidence], vocabulary, refuse_below: float) -> dict[int, str]:
+    """For a question that asks several things (`parts`, from `question_parts`): part index -> why the evidence
+    answers none of it ("..., and which GPUs was it trained on?": abstracts do not state hardware), for each part
+    it cannot answer. One part: {} (the question's own refusal decides). A part is short: one word the corpus never
+    uses is a third of "how fast does it run on a phone", so a part is said missing for unknown words only when
+    the corpus knows none of them (d024 lost its phone speed to that)."""
+    if len(parts) < 2 or not evidence:
+        return {}
+    out = {}
+    for i, part in enumerate(parts):
+        best = max(ev.part_scores[i] for ev in evidence) if evidence[0].part_scores else evidence[0].score
+        reason = refusal_reason(part, evidence, vocabulary, refuse_below, 1.0, best=best)
+        if reason:
+            out[i] = reason
+    return out

@@ -206,3 +206,13 @@ def test_code_release_sentences_are_boilerplate():
     ):
         assert BOILERPLATE.search(sentence), sentence
     assert not BOILERPLATE.search("Adapters are available for 40 languages, and we compose them at inference.")
+
+
+@pytest.mark.slow
+def test_a_part_the_abstracts_cannot_answer_is_said_missing_and_the_rest_answered(bundled_index):
+    assistant = Assistant(Settings(index_dir=bundled_index, llm_backend="none"))
+    answer = assistant.ask("How does DR-Tune work, and which GPUs was it trained on?")
+    assert not answer.refused and "distribution regularization" in answer.opening  # was refused: "asks for hardware"
+    missing = "Not stated in the indexed abstracts: which GPUs was it trained on?"
+    assert answer.prose.endswith(missing) and "[" not in missing
+    assert assistant.ask("Which GPUs was DR-Tune trained on?").refused  # asked alone, it is refused as before

@@ -6,7 +6,7 @@ import pytest
 
 from rag.citations import StreamVerifier, check_sentence, parse_markers, text_units
 from rag.conversation import resolve
-from rag.evidence import Evidence, asked_kind, content_words, refusal_reason, select, topic_words
+from rag.evidence import Evidence, asked_kind, content_words, refusal_reason, select, topic_words, unanswered_parts
 from rag.sentences import split_sentences
 
 EVIDENCE = [
@@ -131,6 +131,26 @@ def test_refusal_rules():
     assert "authors" in refusal_reason("Who wrote the proxy tuning paper?", good, vocabulary, 0.35, 0.15)
     with_names = [Evidence(1, "p", "T", "u", "Authors: Alisa Liu, Noah Smith.", 0.9, 1)]
     assert refusal_reason("Who wrote the proxy tuning paper?", with_names, vocabulary, 0.35, 0.15) is None
+
+
+def test_each_part_of_a_question_is_answered_or_said_missing():
+    vocabulary = {"proxi", "tune", "gap", "close", "much", "gpu", "train", "releas", "run", "fast", "phone"}
+    parts = ["How much of the gap does proxy tuning close", "which GPUs was it trained on"]
+    evidence = [Evidence(1, "p", "T", "u", "Proxy-tuning closes 88% of the gap.", 0.8, 1)]
+    evidence[0].part_scores = [0.8, 0.4]
+    assert "hardware" in unanswered_parts(parts, evidence, vocabulary, 0.35)[1]  # no sentence names a GPU
+    assert list(unanswered_parts(parts, evidence, vocabulary, 0.35)) == [1]
+    evidence[0].part_scores = [0.8, 0.2]  # and nothing comes close to it
+    assert "close enough" in unanswered_parts(parts, evidence, vocabulary, 0.35)[1]
+    evidence[0].quote = "Proxy-tuning closes 88% of the gap on one A100 GPU."
+    evidence[0].part_scores = [0.8, 0.5]
+    assert unanswered_parts(parts, evidence, vocabulary, 0.35) == {}
+    # one word of a short part the corpus never uses does not make it missing; all of them do
+    words = ["How much of the gap does proxy tuning close", "how fast does it run on a smartwatch"]
+    assert unanswered_parts(words, evidence, vocabulary, 0.35) == {}
+    alien = ["How much of the gap does proxy tuning close", "what about zorblax quuxification"]
+    assert "never mention" in unanswered_parts(alien, evidence, vocabulary, 0.35)[1]
+    assert unanswered_parts(parts[:1], evidence, vocabulary, 0.35) == {}  # one part: the question's refusal decides
 
 
 def test_asked_kind_and_topic_words():
