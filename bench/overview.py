@@ -25,14 +25,16 @@ def candidates(assistant, question: str) -> tuple[list, np.ndarray]:
     """The candidates' titles and their feature rows, as rag/overview.py computes them."""
     from rag.evidence import asked_parts, score_sentences
     from rag.overview import OVERVIEW_CANDIDATES, key_sentences, paper_features
+    from rag.roles import wanted_roles
 
     s = assistant.searcher
     asks = asked_parts(question)
     vectors = s.embed(asks)
     hits = s.search(question, k=OVERVIEW_CANDIDATES, vector=vectors[0])
     stored = s.sentence_vectors([h.paper_id for h in hits])
-    scored = score_sentences(asks, vectors, hits, s.papers, s.embed, stored)
-    features = paper_features(question, hits, key_sentences(scored), stored, vectors[0], s.papers)
+    scored = score_sentences(asks, vectors, hits, s.papers, s.embed, stored, s.roles)
+    key = key_sentences(scored, wanted_roles(question), question)
+    features = paper_features(question, hits, key, stored, vectors[0], s.papers)
     titles = [h.title for h in hits if h.paper_id in features]
     return titles, np.array([features[h.paper_id] for h in hits if h.paper_id in features])
 
