@@ -211,12 +211,7 @@ def build_index(
         live = storage.read_manifest(index_dir)
         if live and not rebuild:
             check_model(live, settings)
-            had, wanted = storage.paper_vectors_of(live), paper_vector_kind(settings)
-            if had != wanted:  # one kind per index
-                raise IndexingError(
-                    f"the index in {index_dir} has paper vectors made from {had} but RAG_PAPER_VECTORS / "
-                    f"RAG_SENTENCE_VECTORS give {wanted}: run `rag index --rebuild`, or set them back"
-                )
+        settings = settings.model_copy(update={"paper_vectors": paper_vector_kind(settings, {} if rebuild else live)})
         sources = list(live.get("sources", []))
         for recorded in clean_unfinished(settings, live):  # what a killed build was asked to add: finish it
             if recorded not in sources and resolve_source(recorded, index_dir).exists():
@@ -298,7 +293,7 @@ def publish_update(settings, incoming, live, sources, files, known, rebuild, rep
                 "generation": generation,
                 "embed_model": report.embed_model,
                 "chunk_tokens": settings.chunk_tokens,
-                "paper_vectors": paper_vector_kind(settings),
+                "paper_vectors": settings.paper_vectors,
                 "chroma": mask_url(settings.chroma_url) or "embedded",
                 "sources": sources,
                 "files": files,
@@ -430,24 +425,25 @@ def embed_papers(
     splits them, or {} when RAG_SENTENCE_VECTORS is off; paper id -> its paper vector, what dense search ranks).
 
     Stored sentence vectors, each sentence embedded alone, spare embedding the evidence when a question is asked
-    (first answer text 10x sooner on the dev set). Paper vectors (RAG_PAPER_VECTORS): `chunks` (the default)
-    embeds each chunk (title + chunk) and takes their mean, a second pass over about as many tokens as the
-    sentences; `sentences` embeds the titles only and makes each paper's vector from its sentence and title vectors
-    (`paper_vector`), so indexing is one pass (README "Index at scale": ~0.5x the time, evidence the same, search a
-    little different). Without sentence vectors, paper vectors come from the chunks.
+    (first answer text 10x sooner on the dev set). Paper vectors (RAG_PAPER_VECTORS): `head` (the default) embeds
+    each paper's title and the first HEAD_WORDS words of its abstract, a third of the tokens; `chunks` embeds every
+    chunk (title + chunk) and takes their mean, a second pass over as many tokens as the sentences (README "Index at
+    scale": indexing x1.5, and search finds fewer of the relevant papers).
 
     Not taken: sentence vectors pooled from the chunk pass's token outputs ("late chunking"). Measured on the dev
     set, they select evidence worse: within a paper they are alike (cosine 0.71 on average against 0.41 alone), so
-    the sentence answering the second part of a question stops standing out.
+    the sentence answering the second part of a question stops standing out. Nor paper vectors made from the
+    sentence vectors and the title's (one pass, x0.74): dev Recall@5 0.948 and overview dev Recall@10 0.647,
+    where heads give 0.970 and 0.646.
     """
     # texts in flight: a server's requests, or local runs (each of embed_batch_size / parallel texts)
     size = settings.embed_url_batch * settings.embed_url_parallel if settings.embed_url else settings.embed_batch_size
     sentences = {p.id: split_sentences(p.abstract) for p in papers} if settings.sentence_vectors else {}
-    from_chunks = paper_vector_kind(settings) == "chunks"
+    from_chunks = settings.paper_vectors == "chunks"
     passes = {
         "sentences": [s for p in papers for s in sentences.get(p.id, [])],
         "chunks": [node_text(n) for n in nodes] if from_chunks else [],
-        "titles": [] if from_chunks else [p.title for p in papers],
+        "heads": [] if from_chunks else [head_text(p) for p in papers],
     }
     total, done, out = sum(len(t) for texts in passes.values() for t in texts) or 1, 0, {}
     for name, texts in passes.items():  # each pass in runs of its own: a run's int8 activations are scaled by the run
@@ -459,36 +455,40 @@ def embed_papers(
     found = {pid: [next(vectors) for _ in parts] for pid, parts in sentences.items()}
     if from_chunks:
         return found, chunk_mean_vectors(nodes, out["chunks"])
-    return found, {p.id: paper_vector(found[p.id], sentences[p.id], t) for p, t in zip(papers, out["titles"])}
+    return found, {p.id: list(v) for p, v in zip(papers, out["heads"])}
 
 
-def paper_vector_kind(settings: Settings) -> str:
-    """What paper vectors a build makes: "sentences" needs the sentence vectors, else "chunks"."""
-    return settings.paper_vectors if settings.sentence_vectors else "chunks"
+# A paper's vector (RAG_PAPER_VECTORS=head) embeds its title and the first HEAD_WORDS words of its abstract, where
+# abstracts say what the paper is about; the rest is mostly results, which BM25 and the sentence vectors find. Chosen
+# on the dev sets (60, 80, 100, 130 words tried; README "Index at scale"); SciFact measured after, never tuned on.
+HEAD_WORDS = 80
 
 
-TITLE_WEIGHT = 0.75  # chosen on the dev sets (README "Index at scale"); SciFact measured after, never tuned on
+def head_text(paper: Paper) -> str:
+    """What a paper's vector embeds: "title: <title>", a blank line, then the abstract's first HEAD_WORDS words (the
+    chunks' format)."""
+    return f"title: {paper.title}\n\n" + " ".join(paper.abstract.split()[:HEAD_WORDS])
 
 
-def paper_vector(sentence_vectors: list, sentences: list[str], title_vector: list) -> list[float]:
-    """A paper's vector from its sentences' and its title's: unit(unit(sum of sentence vectors weighted by their
-    length in characters) + TITLE_WEIGHT * title vector).
-
-    RAG_PAPER_VECTORS=sentences: it stands in for the mean of the chunks' vectors (each chunk embedded with
-    "title: ..." before it), which costs a second embedding pass. The length weights approximate the mean over the
-    abstract's tokens; the title, which every chunk carried, is added back. Cosine to the chunk mean is 0.90 on
-    average: another vector, about as good (README "Index at scale"): dev hybrid Recall@5 0.948 against 0.955,
-    Recall@10 0.989 against 0.979; the plain mean of the sentence vectors lost multi Recall@10 (0.897 against
-    0.914) and SciFact dense nDCG@10 (0.591 against 0.652).
-    """
-    import numpy as np
-
-    title = np.asarray(title_vector, dtype=np.float32)
-    if not sentence_vectors:
-        return unit(title).tolist()
-    weights = np.asarray([len(s) for s in sentences], dtype=np.float32)[:, None]
-    body = unit((np.asarray(sentence_vectors, dtype=np.float32) * weights).sum(0))
-    return unit(body + TITLE_WEIGHT * title).tolist()
+def paper_vector_kind(settings: Settings, live: dict) -> str:
+    """What paper vectors a build makes: RAG_PAPER_VECTORS when it is set, else what the live index holds (`live`,
+    its manifest; an update keeps an index's kind), else the default. One kind per index: an update that sets the
+    other kind is refused, and so is one of an index whose kind is no longer made."""
+    explicit = "paper_vectors" in settings.model_fields_set
+    if not live:
+        return settings.paper_vectors
+    had = storage.paper_vectors_of(live)
+    if explicit and had != settings.paper_vectors:
+        raise IndexingError(
+            f"the index in {settings.index_dir} has paper vectors made from {had} but RAG_PAPER_VECTORS gives "
+            f"{settings.paper_vectors}: run `rag index --rebuild`, or set it back"
+        )
+    if had not in ("chunks", "head"):
+        raise IndexingError(
+            f"the index in {settings.index_dir} has paper vectors made from {had}, which this version no longer "
+            "makes: run `rag index --rebuild`"
+        )
+    return had
 
 
 def chunk_mean_vectors(chunk_nodes: list, vectors: list) -> dict[str, list[float]]:

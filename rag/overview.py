@@ -37,8 +37,8 @@ GROUP_COSINE = 0.6  # a paper joins a group whose key sentences' centroid is thi
 # Relevance: logistic weights over (key sentence score, search score, 1/rank, cosine to the question, cosine to
 # the top three papers, question words in the paper), fitted by bench/overview.py on the dev overview and "which
 # papers" questions; a paper is kept at probability >= RELEVANCE.
-WEIGHTS = (1.13, 3.69, 1.36, 1.57, 1.82, 0.35)
-BIAS = -5.87
+WEIGHTS = (1.21, 3.88, 1.69, 1.64, 2.11, -0.13)
+BIAS = -6.03
 RELEVANCE = 0.2
 STANDALONE_SHARE = (
     0.8  # a key sentence must score this share of its paper's best: one that stands alone, of a wanted role

@@ -33,13 +33,13 @@ class Settings(BaseSettings):
     sentence_vectors: bool = Field(
         True,
         description="Store each abstract sentence's vector when indexing: answers embed only the question (first "
-        "text ~10x sooner); indexing takes ~1.6x as long, unless RAG_PAPER_VECTORS=sentences.",
+        "text ~10x sooner); indexing takes ~1.6x as long as without them.",
     )
-    paper_vectors: Literal["chunks", "sentences"] = Field(
-        "chunks",
-        description="What dense search's paper vectors are made from: chunks (each chunk embedded; their mean) or "
-        "sentences (the stored sentence vectors and the title's: one embedding pass, indexing ~0.5x the time, "
-        "evidence the same, dev Recall@5 0.948 against 0.955 and Recall@10 0.989 against 0.979).",
+    paper_vectors: Literal["head", "chunks"] = Field(
+        "head",
+        description="What dense search's paper vectors embed: head (the title and the abstract's first 80 words) or "
+        "chunks (every chunk; their mean: a second full pass, indexing ~1.5x the time, and dev Recall@5 0.955 against "
+        "0.970). Unset, an update keeps what the index holds.",
     )
     embed_url: str = Field(
         "",

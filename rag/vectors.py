@@ -1,10 +1,11 @@
 """Paper vectors in Chroma: embedded (`PersistentClient` in the store folder, the default) or a Chroma server
 (`RAG_CHROMA_URL`, `chromadb.HttpClient`), through the same calls.
 
-One collection per store, `papers-<store id>`, one record per paper: id = paper id, the vector = the normalized mean
-of the paper's chunk vectors. Chunk vectors are not stored: nothing searches them (dense search ranks papers by
-these vectors: hybrid Recall@5 0.955 against 0.934 with the best chunk per paper, dev set), and their HNSW index
-was half of Chroma's time at 100k papers.
+One collection per store, `papers-<store id>`, one record per paper: id = paper id, the vector = its head's (title
+and first words of the abstract; RAG_PAPER_VECTORS=chunks: the normalized mean of its chunks' vectors; rag/index.py).
+Chunk vectors are not stored: nothing searches them (dense search ranks papers by these vectors: hybrid Recall@5
+0.955 against 0.934 with the best chunk per paper, dev set), and their HNSW index was half of Chroma's time at 100k
+papers.
 
 chromadb is used directly: llama-index's ChromaVectorStore wraps nodes around what are here plain (id, vector)
 records and adds nothing to a query by vector.

@@ -330,13 +330,17 @@ def test_without_sentence_vectors_answers_embed_the_evidence_when_asked(corpus, 
     assert not answer.refused and answer.evidence[0].title == PROXY
 
 
-@pytest.mark.parametrize("sentence_vectors, paper_vectors", [(True, "chunks"), (True, "sentences"), (False, "chunks")])
+@pytest.mark.parametrize(
+    "sentence_vectors, paper_vectors", [(True, "head"), (True, "chunks"), (False, "head"), (False, "chunks")]
+)
 def test_what_each_setting_embeds(corpus, isolated_index, monkeypatch, sentence_vectors, paper_vectors):
-    """Default: the chunks and each sentence alone; RAG_PAPER_VECTORS=sentences: the sentences and the titles, no
-    chunk (one pass), and its paper vectors still find a paper by its title; no sentence vectors: the chunks only.
-    Stored sentence vectors are unit vectors, one per sentence, and answers quote the answering sentence."""
+    """Default: each paper's head (title and first HEAD_WORDS words) and each sentence alone; RAG_PAPER_VECTORS=
+    chunks: every chunk instead of the heads; no sentence vectors: the heads or chunks only. Either paper vector
+    finds a paper by its title. Stored sentence vectors are unit vectors, one per sentence, and answers quote the
+    answering sentence."""
     import numpy as np
 
+    from rag.index import HEAD_WORDS
     from rag.models import OnnxEmbedding
     from rag.sentences import split_sentences
 
@@ -346,14 +350,14 @@ def test_what_each_setting_embeds(corpus, isolated_index, monkeypatch, sentence_
     settings = Settings(sentence_vectors=sentence_vectors, paper_vectors=paper_vectors, llm_backend="none")
     build_index(settings, [corpus], progress=False)
     papers, *_ = load_papers([str(corpus)], skip_bad=False)
-    sentences = [s for p in papers for s in split_sentences(p.abstract)]
-    chunks = [t for t in seen if t.startswith("title: ")]
-    expected = {
-        (True, "chunks"): len(chunks) == 17 and sorted(t for t in seen if t not in chunks) == sorted(sentences),
-        (True, "sentences"): not chunks and sorted(seen) == sorted(sentences + [p.title for p in papers]),
-        (False, "chunks"): len(chunks) == 17 == len(seen),
-    }
-    assert expected[sentence_vectors, paper_vectors]
+    sentences = [s for p in papers for s in split_sentences(p.abstract)] if sentence_vectors else []
+    labelled = [t for t in seen if t.startswith("title: ")]
+    assert sorted(t for t in seen if t not in labelled) == sorted(sentences)
+    if paper_vectors == "chunks":
+        assert len(labelled) == 17  # the fixture's 10 papers in 17 chunks
+    else:
+        assert len(labelled) == len(papers) and all(len(t.split()) <= HEAD_WORDS + 20 for t in labelled)
+        assert {t.split("\n\n")[0] for t in labelled} == {f"title: {p.title}" for p in papers}
 
     assistant = Assistant(settings)
     stored = assistant.searcher.catalog.sentence_vectors(list(assistant.searcher.papers))
@@ -366,19 +370,27 @@ def test_what_each_setting_embeds(corpus, isolated_index, monkeypatch, sentence_
     assert answer.evidence[0].title == PROXY and "88%" in answer.evidence[0].quote
 
 
-def test_an_update_keeps_the_index_kind_of_paper_vectors(corpus, isolated_index, tmp_path):
-    """Paper vectors of one index are of one kind: an update asking for the other is refused in one line, and
-    the index is unchanged; --rebuild switches."""
-    build_index(Settings(paper_vectors="sentences"), [corpus], progress=False)
-    before = storage.read_manifest(Settings().index_dir)
-    assert Assistant(Settings(llm_backend="none")).status()["paper_vectors"] == "sentences"  # rag doctor shows it
+def test_an_update_keeps_the_index_kind_of_paper_vectors(corpus, isolated_index, tmp_path, monkeypatch):
+    """Paper vectors of one index are of one kind: an update that does not set RAG_PAPER_VECTORS keeps the index's
+    kind (an index built before heads were the default keeps its chunk vectors); one that sets the other kind is
+    refused in one line, and the index is unchanged; --rebuild switches."""
+    build_index(Settings(paper_vectors="chunks"), [corpus], progress=False)
+    assert Assistant(Settings(llm_backend="none")).status()["paper_vectors"] == "chunks"  # rag doctor shows it
     extra = tmp_path / "extra.jsonl"
     extra.write_text(json.dumps({"title": "A new paper", "abstract": "We study a new thing. It works well."}) + "\n")
-    with pytest.raises(IndexingError, match="paper vectors made from sentences .* run `rag index --rebuild`"):
+    assert build_index(Settings(), [extra], progress=False).papers == 11  # the default is head: kept chunks
+    before = storage.read_manifest(Settings().index_dir)
+    assert before["paper_vectors"] == "chunks"
+    monkeypatch.setenv("RAG_PAPER_VECTORS", "head")
+    with pytest.raises(IndexingError, match="paper vectors made from chunks but RAG_PAPER_VECTORS gives head: run"):
         build_index(Settings(), [extra], progress=False)
     assert storage.read_manifest(Settings().index_dir) == before
-    assert build_index(Settings(), [extra], rebuild=True, progress=False).papers == before["papers"] + 1
-    assert storage.read_manifest(Settings().index_dir)["paper_vectors"] == "chunks"
+    assert build_index(Settings(), [extra], rebuild=True, progress=False).papers == 11
+    assert storage.read_manifest(Settings().index_dir)["paper_vectors"] == "head"
+    storage.publish(Settings().index_dir, {**storage.read_manifest(Settings().index_dir), "paper_vectors": "sentences"})
+    monkeypatch.delenv("RAG_PAPER_VECTORS")
+    with pytest.raises(IndexingError, match="made from sentences, which this version no longer makes"):
+        build_index(Settings(), [extra], progress=False)  # the opt-in of one earlier version
 
 
 def test_embedding_runs_hold_texts_of_neighbouring_lengths(monkeypatch):
