@@ -28,8 +28,8 @@ from rag.evidence import (
     content_terms,
     refusal_reason,
     score_sentences,
-    unanswered_parts,
     select,
+    unanswered_parts,
 )
 from rag.generation import Deadline, Writer
 from rag.llm import EVIDENCE_ONLY
