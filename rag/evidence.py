@@ -64,6 +64,25 @@ QUANTITY_QUESTION = re.compile(
     r"(model|dataset|data) size|(average )?margin|win[- ]rate)\b",
     re.I,
 )
+# "How many <things> ...": the things counted are the last word before the verb ("how many real manipulation tasks
+# was it tested on" counts tasks); a sentence that answers puts a number before them ("62 diverse multimodal tasks").
+COUNTED = re.compile(
+    r"\bhow many ((?:[\w-]+\s+){0,3}?)([a-z][\w-]*?)s?\s+(?:do|does|did|is|are|was|were|can|could|has|have|had|"
+    r"will|would|in|on|of|for|to|at|per|with|were)\b",
+    re.I,
+)
+NUMBER_WORDS = r"one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|dozens?|hundreds?|thousands?|millions?"
+
+
+def counted(question: str) -> re.Pattern | None:
+    """For "how many <things>" questions: what a sentence stating that count holds (a number, then within three words
+    the things), else None."""
+    m = COUNTED.search(question)
+    if not m:
+        return None
+    return re.compile(rf"(\d[\d,.]*\+?|\b(?:{NUMBER_WORDS}))\s+(?:[\w-]+\s+){{0,3}}?{re.escape(m.group(2))}", re.I)
+
+
 # What is wrong with X (rag/roles.py LIMITATION_QUESTION) is answered by a sentence that says what fails, costs or is
 # missing.
 LIMITATION = re.compile(
@@ -287,14 +306,17 @@ def score_sentences(
     meaning = np.asarray(vectors, dtype=np.float32) @ np.asarray(ask_vectors, dtype=np.float32).T
     ask_terms = [content_terms(a) for a in asks]
     wants = [[holds for kind, holds in ANSWER_KINDS if kind.search(a)][:1] for a in asks]
+    counts = [counted(a) for a in asks]
+    wants = [[count] if count else want for count, want in zip(counts, wants)]
     title_terms = {hit.paper_id: content_terms(papers[hit.paper_id].title) for hit in hits}
     wanted = [wanted_roles(a) for a in asks]
     out = []
     for (hit, paper, sentence), cosines, role in zip(rows, meaning.tolist(), kinds):
+        role = role if roles else ""
         terms = content_terms(sentence) | title_terms[hit.paper_id]
         scores = [
             sentence_score(cosines[i], ask_terms[i], wants[i], terms, sentence, hit.rank)
-            * role_weight(role if roles else "", wanted[i], off_role)
+            * (1.0 if counts[i] and counts[i].search(sentence) else role_weight(role, wanted[i], off_role))
             for i in range(len(asks))
         ]
         ev = Evidence(0, hit.paper_id, paper.title, paper.url, sentence, round(scores[0], 4), hit.rank, role=role)

@@ -216,3 +216,22 @@ def test_a_part_the_abstracts_cannot_answer_is_said_missing_and_the_rest_answere
     missing = "Not stated in the indexed abstracts: which GPUs was it trained on?"
     assert answer.prose.endswith(missing) and "[" not in missing
     assert assistant.ask("Which GPUs was DR-Tune trained on?").refused  # asked alone, it is refused as before
+
+
+def test_how_many_questions_want_a_number_before_the_things_counted():
+    from rag.evidence import counted
+
+    tasks = counted("How many tasks does MultiInstruct contain?")
+    assert tasks.search("a benchmark that consists of 62 diverse multimodal tasks in a unified format")
+    assert not tasks.search("The tasks are derived from 21 existing datasets and each task has 5 instructions.")
+    assert counted("On how many real manipulation tasks was it tested?").search("five real-world manipulation tasks")
+    assert counted("How many robustness checks does ContextRef include?").search("ten diverse robustness checks")
+    assert counted("What is proxy-tuning?") is None
+
+
+@pytest.mark.slow
+def test_a_how_many_question_opens_with_the_sentence_that_counts_them(bundled_index):
+    answer = Assistant(Settings(index_dir=bundled_index, llm_backend="none")).ask(
+        "How many tasks does MultiInstruct contain?"
+    )
+    assert "62 diverse multimodal tasks" in answer.opening, answer.opening  # was "21 existing open-source datasets"
