@@ -188,6 +188,8 @@ def test_the_answering_clause_states_a_number_the_question_does_not():
         ("How does DR-Tune work?", "distribution regularization", "Extensive experiments"),
         ("How does AdapterFusion work?", "combine the adapters", "available at"),
         ("How does UniPT work?", "parallel network", "We evaluate UniPT"),
+        # the role model takes "We demonstrate the effectiveness of ... REALM by fine-tuning ..." for a method
+        ("How does REALM work?", "pre-train such a knowledge retriever", "We demonstrate the effectiveness"),
     ],
 )
 def test_a_how_question_opens_with_how_the_method_works_not_with_its_results(bundled_index, question, says, not_says):
@@ -235,3 +237,14 @@ def test_a_how_many_question_opens_with_the_sentence_that_counts_them(bundled_in
         "How many tasks does MultiInstruct contain?"
     )
     assert "62 diverse multimodal tasks" in answer.opening, answer.opening  # was "21 existing open-source datasets"
+
+
+def test_a_sentence_reporting_an_evaluation_or_finding_is_a_result():
+    from rag.evidence import role_of
+
+    assert role_of("method", "We empirically evaluate FasterCache on recent video diffusion models.") == "result"
+    assert role_of("method", "MetaICL outperforms a range of baselines.") == "result"
+    assert role_of("other", "Extensive experiments on ImageNet show that our method improves FID.") == "result"
+    assert role_of("method", "We demonstrate the effectiveness of REALM by fine-tuning on Open-QA.") == "result"
+    assert role_of("method", "It employs distribution regularization on the pretrained features.") == "method"
+    assert role_of("background", "Prior studies show that RLHF is unstable.") == "background"  # the model's, kept
