@@ -272,7 +272,7 @@ def group_name(members: list[Evidence], chosen: list[Evidence], question: str) -
     """The words most of the group's titles share (else its key sentences) and the overview's other papers do not
     use, the question's own words left out: the two most distinctive, in the order the first title has them; "" when
     no word qualifies."""
-    asked = content_terms(question)
+    asked = content_terms(question) | set(stems(acronyms(question)))
     others = [ev for ev in chosen if ev not in members]
     need = max(2, math.ceil(len(members) / 2))
     for text_of in (lambda ev: ev.title, lambda ev: f"{ev.title} {ev.quote}"):
@@ -297,6 +297,18 @@ def group_name(members: list[Evidence], chosen: list[Evidence], question: str) -
     return ""
 
 
+LINKING = {"from", "of", "for", "with", "and", "to", "in", "on", "the", "a", "an"}
+
+
+def acronyms(text: str) -> list[str]:
+    """The acronyms a phrase of `text` spells ("reinforcement learning from human feedback" -> "rlhf", "rlh", "lhf",
+    ...): a group is not named for what the question asked in other letters ("Reward rlhf")."""
+    words = [w for w in re.findall(r"[A-Za-z][\w-]*", text.lower()) if w not in LINKING]
+    return [
+        "".join(w[0] for w in words[i:j]) for i in range(len(words)) for j in range(i + 2, min(len(words), i + 6) + 1)
+    ]
+
+
 # Words that name no approach: they are in every abstract.
 GENERIC = (
     set(
@@ -307,7 +319,7 @@ GENERIC = (
             "effective efficient introduce present study various different however while also such more than which "
             "this these that their our can both utilizing utilize leveraging leverage via towards toward aiming "
             "addressing enhancing improving without need further well even much many often across within llm llms "
-            "lm lms mllm mllms vlm vlms".split()
+            "lm lms mllm mllms vlm vlms generate generates generated".split()
         )
     )
     | STOPWORDS

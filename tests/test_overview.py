@@ -64,6 +64,23 @@ def test_short_names():
     assert short_name("Some Title About Things", "We propose a new model that is better.") == "Some Title About Things"
 
 
+def test_a_group_is_not_named_for_what_the_question_asked_in_other_letters():
+    from rag.evidence import Evidence
+    from rag.overview import group_name
+
+    def ev(title, quote):
+        return Evidence(0, title, title, "u", quote, 0.5, 1)
+
+    members = [
+        ev("Safe RLHF: Safe Reinforcement Learning from Human Feedback", "We decouple reward and cost models."),
+        ev("RLHF Workflow: From Reward Modeling to Online RLHF", "We present an online reward workflow."),
+    ]
+    chosen = members + [ev("Nash Learning", "We learn a preference model.")]
+    question = "What are the limitations of reinforcement learning from human feedback?"
+    assert "rlhf" not in group_name(members, chosen, question).lower()  # was "Reward rlhf"
+    assert "rlhf" in group_name(members, chosen, "What are the limits of alignment methods?").lower()
+
+
 def test_an_overview_line_never_refers_to_a_sentence_it_does_not_show():
     cut = "Utilizing this feature, we propose EREN (Edit models by REading Notes) to improve LLM editing."
     assert standalone(cut) == "… we propose EREN (Edit models by REading Notes) to improve LLM editing."
