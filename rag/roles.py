@@ -102,13 +102,14 @@ def sentence_roles(vectors: list[list[float]] | np.ndarray) -> list[str]:
 
 # --- what a question wants ----------------------------------------------------------------------------------------
 
-# Every rule that matches adds its roles (a question may ask two things): an explicit ask for background first, then
-# the rule whose cue comes first in the question ("How does LoRA reduce the number of parameters?" is a mechanism
-# question); on a tie, list order.
 # What is wrong with X: its limitations (rag/evidence.py LIMITATION: the sentence that states one).
 LIMITATION_QUESTION = re.compile(
     r"\b(limitations?|shortcomings?|drawbacks?|weakness(es)?|pitfalls?|failure modes?)\b", re.I
 )
+
+# Every rule that matches adds its roles (a question may ask two things): an explicit ask for background first, then
+# the rule whose cue comes first in the question ("How does LoRA reduce the number of parameters?" is a mechanism
+# question); on a tie, list order.
 WANTED_RULES: list[tuple[str, re.Pattern, tuple[str, ...]]] = [
     (
         # why the work exists: the only rule that asks for background
