@@ -584,7 +584,7 @@ def run(
     if style == "extractive" or writer is None:
         yield draft.emit(opening)
     for i in sorted(unanswered):  # after the opening: said, not quoted or cited
-        yield draft.emit(f"Not stated in the indexed abstracts: {parts[i]}?")
+        yield draft.emit(f"The indexed abstracts do not answer “{parts[i][0].upper() + parts[i][1:]}?”")
     if writer is not None:
         yield from generate(draft, writer, style, deadline, settings.verify_with_llm)
     if not draft.pieces:

@@ -215,7 +215,7 @@ def test_a_part_the_abstracts_cannot_answer_is_said_missing_and_the_rest_answere
     assistant = Assistant(Settings(index_dir=bundled_index, llm_backend="none"))
     answer = assistant.ask("How does DR-Tune work, and which GPUs was it trained on?")
     assert not answer.refused and "distribution regularization" in answer.opening  # was refused: "asks for hardware"
-    missing = "Not stated in the indexed abstracts: which GPUs was it trained on?"
+    missing = "The indexed abstracts do not answer “Which GPUs was it trained on?”"
     assert answer.prose.endswith(missing) and "[" not in missing
     assert assistant.ask("Which GPUs was DR-Tune trained on?").refused  # asked alone, it is refused as before
 
