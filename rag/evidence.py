@@ -255,7 +255,8 @@ def asked_parts(question: str) -> list[str]:
 BACKGROUND_WEIGHT = 0.8  # a background sentence's score, when the question does not ask for background (calibrated)
 # For a fact question: a sentence of a role the question does not want (a result for "how does X work?"). On 30
 # "How does <name> work?" questions over the bundled corpus the opening quoted a result, an evaluation or a
-# code link for 16 with no weight, 9 with 0.85, and 7 once REPORTS_RESULT corrects the role model (read by hand);
+# code link for 16 with no weight, 9 with 0.85, and 7 once REPORTS_RESULT corrects the role model (read by hand,
+# bench/how_questions.py);
 # 0.75 reads better still but loses two dev openings (d017, d058).
 OFF_ROLE_WEIGHT = 0.85
 
