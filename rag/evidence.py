@@ -239,9 +239,15 @@ BOILERPLATE = re.compile(
 )
 
 
-def sentence_score(meaning: float, q_terms: set[str], wants, terms: set[str], sentence: str, rank: int) -> float:
+def answer_cue(question: str) -> re.Pattern | None:
+    """What a sentence that answers `question` holds: for "how many <things>", a number before the things
+    (`counted`); else the cue of the first ANSWER_KINDS entry that matches; None when none does."""
+    return counted(question) or next((holds for kind, holds in ANSWER_KINDS if kind.search(question)), None)
+
+
+def sentence_score(meaning: float, q_terms: set[str], cue, terms: set[str], sentence: str, rank: int) -> float:
     words = len(q_terms & terms) / max(1, len(q_terms))
-    kind = 1.0 if wants and wants[0].search(sentence) else 0.0
+    kind = 1.0 if cue and cue.search(sentence) else 0.0
     score = W_MEANING * meaning + W_WORDS * words + W_KIND * kind + W_RANK / rank
     return score / 2 if BOILERPLATE.search(sentence) else score
 
@@ -306,9 +312,8 @@ def score_sentences(
         vectors[i] = vector
     meaning = np.asarray(vectors, dtype=np.float32) @ np.asarray(ask_vectors, dtype=np.float32).T
     ask_terms = [content_terms(a) for a in asks]
-    wants = [[holds for kind, holds in ANSWER_KINDS if kind.search(a)][:1] for a in asks]
-    counts = [counted(a) for a in asks]
-    wants = [[count] if count else want for count, want in zip(counts, wants)]
+    cues = [answer_cue(a) for a in asks]
+    counts = [counted(a) for a in asks]  # a sentence stating the asked count keeps its score whatever its role
     title_terms = {hit.paper_id: content_terms(papers[hit.paper_id].title) for hit in hits}
     wanted = [wanted_roles(a) for a in asks]
     out = []
@@ -316,7 +321,7 @@ def score_sentences(
         role = role_of(role, sentence) if roles else ""
         terms = content_terms(sentence) | title_terms[hit.paper_id]
         scores = [
-            sentence_score(cosines[i], ask_terms[i], wants[i], terms, sentence, hit.rank)
+            sentence_score(cosines[i], ask_terms[i], cues[i], terms, sentence, hit.rank)
             * (1.0 if counts[i] and counts[i].search(sentence) else role_weight(role, wanted[i], off_role))
             for i in range(len(asks))
         ]
@@ -430,7 +435,7 @@ def unanswered_parts(parts: list[str], evidence: list[Evidence], vocabulary, ref
         return {}
     out = {}
     for i, part in enumerate(parts):
-        best = max(ev.part_scores[i] for ev in evidence) if evidence[0].part_scores else evidence[0].score
+        best = max(ev.part_scores[i] for ev in evidence)  # two parts or more: every sentence is scored per part
         reason = refusal_reason(part, evidence, vocabulary, refuse_below, 1.0, best=best)
         if reason:
             out[i] = reason

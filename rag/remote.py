@@ -3,7 +3,7 @@ server, ...) embeds while indexing, so a large corpus can be indexed on a GPU bo
 
 Questions are still embedded by the local model, so the server must give the local model's vectors: `check()`
 compares them on a few sentences before anything is embedded. The chunker still counts tokens with the local
-tokenizer. The server embeds the texts the local model would (chunks, sentences, titles).
+tokenizer. The server embeds the texts the local model would (sentences, and heads or chunks).
 """
 
 from __future__ import annotations
