@@ -299,10 +299,14 @@ def display(quote: str) -> str:
 
 
 def quote_of(sentences: list[Evidence], question: str) -> str:
-    """“…” [n] for each paper's answering sentences (several of one paper joined by an ellipsis)."""
+    """“…” [n] for each paper's answering sentences (several of one paper joined by an ellipsis), each without a
+    lead-in clause that refers to a sentence not shown ("Capitalizing on these observations, we introduce X" ->
+    "… we introduce X", as overview lines: rag/overview.py `standalone`)."""
     out = []
     for n in dict.fromkeys(ev.n for ev in sentences):
-        clauses = [display(answering_clause(ev.quote, question)) for ev in sentences if ev.n == n]
+        clauses = [
+            display(answering_clause(standalone(ev.quote) or ev.quote, question)) for ev in sentences if ev.n == n
+        ]
         out.append(f"“{' … '.join(clauses)}” [{n}]")
     return "; ".join(out)
 

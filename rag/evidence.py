@@ -344,9 +344,21 @@ REPORTS_RESULT = re.compile(
 )
 
 
+# The paper's own finding: "We show that instruction tuning ... substantially improves zero-shot performance on unseen
+# tasks" (the role model calls that one background), "Our experiments reveal that ...".
+FINDING = re.compile(
+    r"\b(we|our (\w+ )?(results|experiments|analys[ie]s|findings|studies)) (\w+ )?(show|find|demonstrate|observe|"
+    r"reveal|discover|confirm|establish)s? that\b",
+    re.I,
+)
+
+
 def role_of(role: str, sentence: str) -> str:
-    """The role evidence scoring uses: the role model's, but "result" for a sentence that reports one."""
-    return "result" if role in ("method", "other") and REPORTS_RESULT.search(sentence) else role
+    """The role evidence scoring uses: the role model's, but "result" for a sentence that reports one (a method or
+    other sentence that reports an evaluation or a finding; any sentence stating the paper's own finding)."""
+    if role in ("method", "other") and REPORTS_RESULT.search(sentence) or FINDING.search(sentence):
+        return "result"
+    return role
 
 
 def role_weight(role: str, wanted: tuple[str, ...], off_role: float) -> float:

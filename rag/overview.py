@@ -2,8 +2,9 @@
 the relevant papers of the index, grouped by approach, each with the sentence that says what it does, quoted.
 
 1. **Kind.** `question_kind` tells a fact or look-up question (one paper answers it: the usual answer) from a
-   "which papers" question and an open question (approaches, evidence for, limitations, differences): rules on the
-   question's wording, checked on the dev sets (README "Overview answers").
+   "which papers" question and an open question (approaches, evidence for, limitations, differences, a yes/no
+   question such as "does X improve Y?"): rules on the question's wording, checked on the dev sets (README
+   "Overview answers").
 2. **Candidates.** The top `OVERVIEW_CANDIDATES` papers of the search; every sentence of each is scored against the
    question (rag/evidence.py) and the paper's key sentence is its best one.
 3. **Relevance, per paper.** A paper is kept when a logistic model over six signals says it bears on the question:
@@ -27,8 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rag.evidence import INTRODUCES, LIMITATION, STOPWORDS, Evidence, content_terms, stems
-from rag.roles import LIMITATION_QUESTION, wanted_roles
+from rag.evidence import FINDING, INTRODUCES, LIMITATION, STOPWORDS, Evidence, content_terms, stems
+from rag.roles import LIMITATION_QUESTION, YES_NO_QUESTION, wanted_roles
 
 OVERVIEW_CANDIDATES = 25  # papers considered; hybrid search holds 73% of the relevant ones in its top 20 (dev)
 MAX_PAPERS = 10  # lines in one overview
@@ -112,7 +113,7 @@ def question_kind(question: str) -> str:
         return "fact"
     if WHICH_PAPERS.search(question):
         return "papers"
-    if OPEN_QUESTION.search(question):
+    if OPEN_QUESTION.search(question) or YES_NO_QUESTION.match(question):  # "does X improve Y?": what papers found
         return "overview"
     return "fact"
 
@@ -181,6 +182,8 @@ def key_sentences(scored: list[Evidence], wanted: tuple[str, ...] = (), question
         preferred = [ev for ev in alone if ev.role and ev.role in wanted[:2] and ev.score >= ROLE_SHARE * best.score]
         if {"objective", "method"} & set(wanted[:2]):  # what a paper does: the sentence that says what it proposes
             preferred = [ev for ev in preferred or standing if INTRODUCES.search(ev.quote)] or preferred
+        if wanted[:1] == ("result",):  # what was found: the sentence stating the paper's finding ("we show that ...")
+            preferred = [ev for ev in preferred or standing if FINDING.search(ev.quote)] or preferred
         if LIMITATION_QUESTION.search(question):
             preferred = [ev for ev in preferred or standing if LIMITATION.search(ev.quote)] or preferred
         key[pid] = (preferred or standing or alone or [best])[0]

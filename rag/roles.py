@@ -107,6 +107,15 @@ LIMITATION_QUESTION = re.compile(
     r"\b(limitations?|shortcomings?|drawbacks?|weakness(es)?|pitfalls?|failure modes?)\b", re.I
 )
 
+# "Does instruction tuning improve zero-shot performance?", "Can LLMs learn from synthetic data?": a yes/no question
+# over the literature, answered by what papers found. Not "is there a method that ...?" (a look-up), nor a question
+# about one named method ("Does SnapFusion use distillation?": a word with two capitals, unless a plural like "LLMs").
+YES_NO_QUESTION = re.compile(
+    r"^\W*(does|do|did|can|could|is|are|was|were|has|have|will|would)\s+(?!there\b)"
+    r"(?!(?-i:(?=[\w-]*(?:[a-z][A-Z]|[A-Z]{2}))[A-Za-z][\w-]*)(?<![A-Z]s)\b)",
+    re.I,
+)
+
 # Every rule that matches adds its roles (a question may ask two things): an explicit ask for background first, then
 # the rule whose cue comes first in the question ("How does LoRA reduce the number of parameters?" is a mechanism
 # question); on a tie, list order.
@@ -150,6 +159,7 @@ WANTED_RULES: list[tuple[str, re.Pattern, tuple[str, ...]]] = [
         ),
         ("result", "objective"),
     ),
+    ("yes/no", YES_NO_QUESTION, ("result", "objective")),
     (
         # how much / how many: a count is as often the set-up (data, steps, tasks) as the outcome: of the 26
         # sentences answering the dev fact questions, 13 are predicted method and 10 result.

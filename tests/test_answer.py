@@ -248,3 +248,13 @@ def test_a_sentence_reporting_an_evaluation_or_finding_is_a_result():
     assert role_of("method", "We demonstrate the effectiveness of REALM by fine-tuning on Open-QA.") == "result"
     assert role_of("method", "It employs distribution regularization on the pretrained features.") == "method"
     assert role_of("background", "Prior studies show that RLHF is unstable.") == "background"  # the model's, kept
+    own = "We show that instruction tuning substantially improves zero-shot performance on unseen tasks."
+    assert role_of("background", own) == "result"  # the paper's own finding, whatever the model says
+
+
+@pytest.mark.slow
+def test_an_opening_quote_drops_a_lead_in_that_refers_to_sentences_not_shown(bundled_index):
+    answer = Assistant(Settings(index_dir=bundled_index, llm_backend="none")).ask(
+        "How does FasterCache speed up video diffusion?"
+    )
+    assert answer.opening.startswith("“… we introduce FasterCache"), answer.opening  # "Capitalizing on these …"

@@ -35,6 +35,11 @@ LONG_VIDEO_PAPERS = {
         ("In the paper on proxy-tuning, how do they steer the large model?", "fact"),
         ("Which paper models instruction tuning as a token-level MDP?", "fact"),
         ("For QA under a low budget, which extra dataset works best?", "fact"),
+        ("Does instruction tuning improve zero-shot performance on unseen tasks?", "overview"),
+        ("Can LLMs learn to use tools by themselves?", "overview"),
+        ("Does SnapFusion use distillation?", "fact"),
+        ("Is there an approach that lets a black-box LLM cooperate with a small fine-tuned model?", "fact"),
+        ("Are there papers applying machine learning to weather forecasting?", "fact"),
     ],
 )
 def test_question_kinds(question, kind):
@@ -182,3 +187,16 @@ def test_the_limitations_of_a_method_are_answered_with_sentences_that_state_them
     lines = {c.title: line for c in answer.citations for line in answer.prose.split("\n") if f"[{c.n}]: “" in line}
     assert "inherent limitation of current reward models" in lines["Nash Learning from Human Feedback"]
     assert "unstable" in lines["Direct Preference Optimization: Your Language Model is Secretly a Reward Model"]
+
+
+@pytest.mark.slow
+def test_a_yes_no_question_over_the_literature_is_answered_with_each_papers_finding(bundled_index):
+    """ "Does X improve Y?" asks what papers found: several papers, each line the sentence stating its finding (FLAN's
+    "We show that ...", which the role model calls background), not one quote or a benchmark win."""
+    answer = Assistant(Settings(index_dir=bundled_index, llm_backend="none")).ask(
+        "Does instruction tuning improve zero-shot performance on unseen tasks?"
+    )
+    assert answer.kind == "overview" and len(answer.citations) >= 3
+    lines = {c.title: line for c in answer.citations for line in answer.prose.split("\n") if f"[{c.n}]: “" in line}
+    flan = lines["Finetuned Language Models Are Zero-Shot Learners"]
+    assert "We show that instruction tuning" in flan and "improves zero-shot performance on unseen tasks" in flan
