@@ -395,6 +395,13 @@ def select(scored: list[Evidence], per_paper: int, limit: int, threshold: float,
 
 
 TWO_LETTER_ACRONYM = re.compile(r"\b[A-Z]{2}\b")
+# A name: a word with two capitals, an acronym or a method's name ("DPO", "KV", "LoRA", "GPT-4", "LLMs").
+NAMED = re.compile(r"(?<![\w-])(?=[\w-]*(?:[a-z][A-Z]|[A-Z]{2}))[A-Za-z][\w-]*")
+
+
+def named_terms(question: str) -> list[str]:
+    """The names in `question`, as written ("What are the limitations of DPO?" -> ["DPO"])."""
+    return list(dict.fromkeys(NAMED.findall(question)))
 
 
 def topic_words(question: str, vocabulary) -> tuple[list[str], list[str]]:
@@ -404,6 +411,15 @@ def topic_words(question: str, vocabulary) -> tuple[list[str], list[str]]:
     tokens = re.findall(r"[^\W_]{3,}", question.lower()) + [a.lower() for a in TWO_LETTER_ACRONYM.findall(question)]
     words = list(dict.fromkeys(w for w in tokens if w not in STOPWORDS and not w[0].isdigit()))
     return words, [w for w, s in zip(words, stems(words)) if s not in vocabulary]
+
+
+def unknown_name(name: str, vocabulary) -> bool:
+    """Whether the corpus never uses a word of `name` ("KV" of "KV-cache"), nor its singular ("GPUs": "GPU")."""
+    for word in re.findall(r"[^\W\d_]+", name):
+        forms = [word.lower()] + ([word[:-1].lower()] if re.search(r"[A-Z]s$", word) else [])
+        if not any(s in vocabulary for s in stems(forms)):
+            return True
+    return False
 
 
 def refusal_reason(
@@ -422,15 +438,18 @@ def refusal_reason(
     in the corpus (a question about "homomorphic encryption" in a corpus that never says "homomorphic" is about
     something absent, however close the nearest sentence looks); and a question asking for a kind of fact abstracts
     rarely state needs evidence that states one. An open question over the literature (`open_question`) asks for
-    no such fact, and its many words may include some the corpus never uses: twice the share is allowed.
+    no such fact, and its many words may include some the corpus never uses: twice the share is allowed. A name
+    the corpus never uses ("KV" in "What techniques reduce the memory of the KV cache?") is what the question is
+    about, whatever the share.
     """
     best = best if best is not None else evidence[0].score if evidence else 0.0
     if not evidence or best < refuse_below:
         return "no passage of the indexed abstracts is close enough to the question"
     words, unknown = topic_words(question, vocabulary)
     allowed = 2 * unknown_share if open_question else unknown_share
-    if words and len(unknown) / len(words) >= allowed and best < STRONG_MATCH:
-        return f"the indexed papers never mention {', '.join(repr(w) for w in unknown[:3])}"
+    absent = [t for t in named_terms(question) if unknown_name(t, vocabulary)]
+    if (absent or words and len(unknown) / len(words) >= allowed) and best < STRONG_MATCH:
+        return f"the indexed papers never mention {', '.join(repr(w) for w in (absent or unknown)[:3])}"
     kind = None if open_question else asked_kind(question)
     if kind and not any(FACT_KINDS[kind][1].search(ev.quote) for ev in evidence):
         return f"the question asks for {kind}, which the indexed abstracts do not state"

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rag.evidence import FINDING, INTRODUCES, LIMITATION, STOPWORDS, Evidence, content_terms, stems
+from rag.evidence import FINDING, INTRODUCES, LIMITATION, STOPWORDS, Evidence, content_terms, named_terms, stems
 from rag.roles import LIMITATION_QUESTION, YES_NO_QUESTION, wanted_roles
 
 OVERVIEW_CANDIDATES = 25  # papers considered; hybrid search holds 73% of the relevant ones in its top 20 (dev)
@@ -84,8 +84,9 @@ WHICH_PAPERS = re.compile(
     re.I,
 )
 OPEN_QUESTION = re.compile(
-    r"\bwhat (are|were) (the )?(main |different |key |common |existing )?(ways|approaches|methods|strategies|"
-    r"techniques|options|ideas|trade-?offs|limitations|findings|lines of work)\b"
+    r"\bwhat (are|were) (the )?(main |different |key |common |existing |known )?(ways|approaches|methods|strategies|"
+    r"techniques|options|ideas|trade-?offs|limitations|findings|lines of work|problems|issues|risks|alternatives)\b"
+    r"|\bwhat (\w+ )?alternatives\b"
     r"|\bwhat (work|research|is known|has been|have been|obstacles|problems|challenges|evidence|approaches|methods|"
     r"strategies|techniques|options)\b|\bwhat is the (\w+ ){0,3}evidence\b"
     r"|\b(approaches|strategies|techniques|methods|ways) (exist|have been|are there)\b"
@@ -164,10 +165,13 @@ def paper_features(question: str, hits: list, key: dict[str, Evidence], vectors:
     return out
 
 
-def key_sentences(scored: list[Evidence], wanted: tuple[str, ...] = (), question: str = "") -> dict[str, Evidence]:
+def key_sentences(
+    scored: list[Evidence], wanted: tuple[str, ...] = (), question: str = "", names: list[re.Pattern] = ()
+) -> dict[str, Evidence]:
     """paper id -> its key sentence: the best-scoring one that stands on its own (no connective that refers to a
-    sentence not shown, no list item cut from its list) and, among those, of a role the question wants first
-    (rag/roles.py: "what approaches ..." wants the objective or the method), when it scores nearly as well; for
+    sentence not shown, no list item cut from its list) and, among those scoring nearly as well: one that says a
+    name the question asks about (`names`: `name_patterns`), when one does; of a role the question wants first
+    (rag/roles.py: "what approaches ..." wants the objective or the method; "does X improve Y?" the finding); for
     "the limitations of X", one that says what fails or costs ("RLHF is complex and often unstable"), not the
     premise ("RLHF has emerged as the main paradigm ...")."""
     by_paper: dict[str, list[Evidence]] = {}
@@ -180,12 +184,16 @@ def key_sentences(scored: list[Evidence], wanted: tuple[str, ...] = (), question
         alone = [ev for ev in sentences if standalone(ev.quote)]
         standing = [ev for ev in alone if ev.score >= STANDALONE_SHARE * best.score]
         preferred = [ev for ev in alone if ev.role and ev.role in wanted[:2] and ev.score >= ROLE_SHARE * best.score]
+        if names:  # "the limitations of DPO": a sentence about DPO
+            preferred = [ev for ev in preferred or standing if any(p.search(ev.quote) for p in names)] or preferred
+            standing = [ev for ev in standing if any(p.search(ev.quote) for p in names)] or standing
         if {"objective", "method"} & set(wanted[:2]):  # what a paper does: the sentence that says what it proposes
             preferred = [ev for ev in preferred or standing if INTRODUCES.search(ev.quote)] or preferred
         if wanted[:1] == ("result",):  # what was found: the sentence stating the paper's finding ("we show that ...")
             preferred = [ev for ev in preferred or standing if FINDING.search(ev.quote)] or preferred
-        if LIMITATION_QUESTION.search(question):
-            preferred = [ev for ev in preferred or standing if LIMITATION.search(ev.quote)] or preferred
+        if LIMITATION_QUESTION.search(question):  # a sentence that states one, whatever role the model gave it
+            stating = sorted((ev for ev in preferred + standing if LIMITATION.search(ev.quote)), key=lambda e: -e.score)
+            preferred = stating or preferred
         key[pid] = (preferred or standing or alone or [best])[0]
     return key
 
@@ -221,11 +229,62 @@ def without_lead_in(quote: str) -> str:
     return ""
 
 
+# A question that gives examples (a comma, parentheses, "such as", "e.g.") names them as examples, not as what every
+# paper must be about: "better ODE solvers, searched step schedules, or distillation".
+EXAMPLES = re.compile(r"[,(—]|\be\.g\.|\bi\.e\.|\bsuch as\b", re.I)
+
+
+def asked_names(question: str) -> list[str]:
+    """The names a paper must mention to be about the question ("What are the limitations of DPO?" -> ["DPO"]): not
+    a plural ("VLMs": a kind of model), nor the name of a field ("LLM", "LLM-based": GENERIC), nor examples."""
+    if EXAMPLES.search(question):
+        return []
+    return [
+        name
+        for name in named_terms(question)
+        if not re.search(r"[A-Z]s$", name)
+        and any(stems([w.lower()])[0] not in GENERIC for w in re.findall(r"[A-Za-z]+", name) if w != w.lower())
+    ]
+
+
+def expansions(name: str, texts) -> set[str]:
+    """What `name` stands for where a text defines it: "Direct Preference Optimization (DPO)" -> "direct preference
+    optimization" (the initials of the words before the parenthesis spell its capitals, with or without "of" and
+    the like: "Mixture-of-Experts (MoE)", "in-context learning (ICL)")."""
+    letters = [c.lower() for c in name if c.isupper()]
+    out = set()
+    for text in texts:
+        for m in re.finditer(rf"((?:[\w'-]+\s+){{1,8}})\(\s*{re.escape(name)}s?\s*\)", text):
+            words = m.group(1).split()
+            for k in range(1, len(words) + 1):
+                parts = [p.lower() for w in words[-k:] for p in w.split("-") if p]
+                spelled = ([p[0] for p in parts], [p[0] for p in parts if p not in LINKING])  # "in-context", "of"
+                if letters in spelled:
+                    out.add(" ".join(words[-k:]).lower())
+                    break
+    return out
+
+
+def name_patterns(question: str, texts) -> list[re.Pattern]:
+    """What finds a name the question asks about (`asked_names`) in a text: the name, or what it stands for where
+    one of `texts` defines it."""
+    names = asked_names(question)
+    long = {e for n in names for e in expansions(n, texts)}
+    return [re.compile(rf"(?<![\w-]){re.escape(n)}s?(?!\w)") for n in names] + [
+        re.compile(r"\s+".join(map(re.escape, e.split())), re.I) for e in long
+    ]
+
+
 def select_papers(question: str, hits: list, scored: list[Evidence], vectors: dict, ask_vector, papers):
-    """The relevant papers' key sentences, most relevant first (at most MAX_PAPERS); n is not yet assigned."""
-    key = key_sentences(scored, wanted_roles(question), question)
+    """The relevant papers' key sentences, most relevant first (at most MAX_PAPERS); n is not yet assigned. A paper
+    that never mentions a name the question asks about ("DPO"), nor what it stands for, is not about it."""
+    texts = {h.paper_id: f"{papers[h.paper_id].title}. {papers[h.paper_id].abstract}" for h in hits}
+    names = name_patterns(question, texts.values())
+    about = {pid for pid, text in texts.items() if any(p.search(text) for p in names)}
+    key = key_sentences(scored, wanted_roles(question), question, names)
     features = paper_features(question, hits, key, vectors, ask_vector, papers)
-    probability = {pid: relevance(f) for pid, f in features.items()}
+    # no hit mentions the name: it decides nothing
+    probability = {pid: relevance(f) for pid, f in features.items() if pid in about or not about}
     kept = sorted((pid for pid, p in probability.items() if p >= RELEVANCE), key=lambda pid: -probability[pid])
     if not kept and probability:  # the best paper still answers, as any answer would
         kept = [max(probability, key=probability.get)]

@@ -104,7 +104,7 @@ def sentence_roles(vectors: list[list[float]] | np.ndarray) -> list[str]:
 
 # What is wrong with X: its limitations (rag/evidence.py LIMITATION: the sentence that states one).
 LIMITATION_QUESTION = re.compile(
-    r"\b(limitations?|shortcomings?|drawbacks?|weakness(es)?|pitfalls?|failure modes?)\b", re.I
+    r"\b(limitations?|shortcomings?|drawbacks?|weakness(es)?|pitfalls?|failure modes?|(problems?|issues?) with)\b", re.I
 )
 
 # "Does instruction tuning improve zero-shot performance?", "Can LLMs learn from synthetic data?": a yes/no question

@@ -168,7 +168,7 @@ def test_asked_kind_and_topic_words():
     reason = refusal_reason(
         "Which papers reduce the memory of the KV cache?", middling, {"reduc", "memori", "cach"}, 0.35, 0.15
     )
-    assert "never mention 'kv'" in reason
+    assert "never mention 'KV'" in reason
 
 
 def test_followups_are_searched_with_the_previous_question():

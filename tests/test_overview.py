@@ -9,7 +9,7 @@ import pytest
 
 from rag import Assistant
 from rag.answer import display
-from rag.overview import question_kind, short_name, standalone
+from rag.overview import asked_names, expansions, question_kind, short_name, standalone
 from rag.settings import Settings
 from tests.fakes import ScriptedLLM, SynthesisLLM, tokens
 from tests.live import PROXY, client, keyed, running
@@ -40,6 +40,8 @@ LONG_VIDEO_PAPERS = {
         ("Does SnapFusion use distillation?", "fact"),
         ("Is there an approach that lets a black-box LLM cooperate with a small fine-tuned model?", "fact"),
         ("Are there papers applying machine learning to weather forecasting?", "fact"),
+        ("What are the known problems with RLHF?", "overview"),
+        ("What alternatives to PPO are used for aligning language models?", "overview"),
     ],
 )
 def test_question_kinds(question, kind):
@@ -200,3 +202,34 @@ def test_a_yes_no_question_over_the_literature_is_answered_with_each_papers_find
     lines = {c.title: line for c in answer.citations for line in answer.prose.split("\n") if f"[{c.n}]: “" in line}
     flan = lines["Finetuned Language Models Are Zero-Shot Learners"]
     assert "We show that instruction tuning" in flan and "improves zero-shot performance on unseen tasks" in flan
+
+
+def test_the_names_a_question_asks_about_and_what_they_stand_for():
+    assert asked_names("What are the limitations of DPO?") == ["DPO"]
+    assert asked_names("Which papers evaluate GPT-4 on math?") == ["GPT-4"]
+    assert asked_names("Do VLMs hallucinate less than LLMs?") == []  # plurals: kinds of model
+    assert asked_names("Which papers improve LLM-based re-ranking?") == []  # a field
+    assert asked_names("What are the ways to cut steps (better ODE solvers, distillation)?") == []  # examples
+    assert expansions("DPO", ["which we call Direct Preference Optimization (DPO), is stable"]) == {
+        "direct preference optimization"
+    }
+    assert expansions("MoE", ["a sparse Mixture-of-Experts (MoE) layer"]) == {"mixture-of-experts"}
+    assert expansions("ICL", ["in-context learning (ICL) with many demonstrations"]) == {"in-context learning"}
+    assert expansions("LoRA", ["Low-Rank Adaptation (LoRA) freezes the weights"]) == {"low-rank adaptation"}
+    assert expansions("RL", ["a policy (RL) is"]) == set()  # the words before do not spell it
+
+
+@pytest.mark.slow
+def test_an_overview_of_a_named_method_keeps_only_papers_that_mention_it(bundled_index):
+    """Before, "What are the limitations of DPO?" listed a data-selection paper's line about instruction-tuning data
+    and a multimodal distribution-shift paper, neither saying DPO."""
+    assistant = Assistant(Settings(index_dir=bundled_index, llm_backend="none"))
+    answer = assistant.ask("What are the limitations of DPO?")
+    assert answer.citations
+    for c in answer.citations:
+        paper = next(p for p in assistant.searcher.papers.values() if p.title == c.title)
+        assert "DPO" in paper.title + paper.abstract or "direct preference optimization" in paper.abstract.lower()
+    lines = [line for line in answer.prose.split("\n") if line.startswith("- ")]
+    assert lines and all("DPO" in line or "direct preference optimization" in line.lower() for line in lines)
+    refused = assistant.ask("What techniques reduce the memory of the KV cache?")  # the corpus never says "KV"
+    assert refused.refused and "never mention 'KV'" in refused.prose
