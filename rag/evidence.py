@@ -345,10 +345,11 @@ REPORTS_RESULT = re.compile(
 
 
 # The paper's own finding: "We show that instruction tuning ... substantially improves zero-shot performance on unseen
-# tasks" (the role model calls that one background), "Our experiments reveal that ...".
+# tasks" (the role model calls that one background), "Our experiments reveal that ...", "We perform an extensive
+# analysis ..., and show that: (i) fine-tuning rarely alters ...".
 FINDING = re.compile(
-    r"\b(we|our (\w+ )?(results|experiments|analys[ie]s|findings|studies)) (\w+ )?(show|find|demonstrate|observe|"
-    r"reveal|discover|confirm|establish)s? that\b",
+    r"\b(we|our (\w+ )?(results|experiments|analys[ie]s|findings|studies)|, and) (\w+ )?(show|find|demonstrate|"
+    r"observe|reveal|discover|confirm|establish)s? that\b",
     re.I,
 )
 

@@ -208,12 +208,27 @@ CLAUSE_START = re.compile(r"(we|our|the|a|an)\b|(?-i:[A-Z])", re.I)
 def standalone(quote: str) -> str:
     """The sentence as an overview line shows it: whole when it stands on its own; without a lead-in clause that
     refers to a sentence not shown ("Utilizing this feature, we propose EREN ..." -> "… we propose EREN ..."); ""
-    when it cannot stand alone ("This method ...", a list item cut from its list, "the above strategies")."""
+    when it cannot stand alone ("This method ...", a list item cut from its list, "the above strategies"). A finding
+    stated after such words stands from its verb ("We perform an extensive analysis of the effects of fine-tuning in
+    these settings, and show that: (i) fine-tuning rarely alters ..." -> "… show that: (i) fine-tuning rarely ...")."""
     if LIST_ITEM.match(quote):
         return ""
     opens_alone = SELF_REFERENCE.match(quote) or not (CONNECTIVE.match(quote) or REFERS_BACK.match(quote))
     shown = quote if opens_alone else without_lead_in(quote)
-    return "" if REFERS_ANYWHERE.search(ADDRESSES_THESE.sub("", shown)) else shown
+    if not refers_back(shown):
+        return shown
+    finding = FINDING.search(quote)
+    shown = f"… {quote[finding.start(5) :]}" if finding else ""
+    return shown if len(shown.split()) > 6 and not refers_back(shown) else ""
+
+
+REFERS_WORDS = 20  # "these" further on in a long sentence refers to what the sentence said ("... reusing these ...")
+
+
+def refers_back(shown: str) -> bool:
+    """Whether the sentence's opening words lean on a sentence not shown ("... the effectiveness of the above
+    strategies", "... with these layouts")."""
+    return bool(REFERS_ANYWHERE.search(ADDRESSES_THESE.sub("", " ".join(shown.split()[:REFERS_WORDS]))))
 
 
 def without_lead_in(quote: str) -> str:
@@ -313,7 +328,7 @@ def group_by_approach(
     grouped = {id(ev) for _, g in named for ev in g}
     alone = [ev for ev in chosen if id(ev) not in grouped]  # in alone groups, or in a group no word names
     if alone:
-        named.append(("Other approaches" if named else "", alone))
+        named.append(("Other papers" if named else "", alone))
     if len(named) == 1:  # one group holding every paper groups nothing
         return [("", chosen)]
     return named
@@ -331,19 +346,22 @@ def terms_as_written(text: str) -> dict[str, str]:
 
 
 def group_name(members: list[Evidence], chosen: list[Evidence], question: str) -> str:
-    """The words most of the group's titles share (else its key sentences) and the overview's other papers do not
-    use, the question's own words left out: the two most distinctive, in the order the first title has them; "" when
-    no word qualifies."""
+    """The words most of the group's titles share (else its titles and key sentences, a word of one title at least:
+    "Surpasses gpt-3" and "Harry potter" named groups from their sentences alone) and the overview's other papers do
+    not use, the question's own words left out: the two most distinctive, in the order the first title has them; ""
+    when no word qualifies."""
     asked = content_terms(question) | set(stems(acronyms(question)))
     others = [ev for ev in chosen if ev not in members]
     need = max(2, math.ceil(len(members) / 2))
+    titled = {t for ev in members for t in terms_as_written(ev.title)}  # a name is a word of a title at least
     for text_of in (lambda ev: ev.title, lambda ev: f"{ev.title} {ev.quote}"):
         spelled: dict[str, str] = {}
         inside: Counter = Counter()
         for ev in members:
             terms = terms_as_written(text_of(ev))
             spelled.update(terms)
-            inside.update(set(terms) - asked)
+            # the question's words, hyphenated or not ("fine-tuning"), name nothing the question did not say
+            inside.update(t for t, w in terms.items() if t in titled and not content_terms(w) <= asked)
         outside: Counter = Counter()
         for ev in others:
             outside.update(set(terms_as_written(text_of(ev))))

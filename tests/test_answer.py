@@ -250,6 +250,9 @@ def test_a_sentence_reporting_an_evaluation_or_finding_is_a_result():
     assert role_of("background", "Prior studies show that RLHF is unstable.") == "background"  # the model's, kept
     own = "We show that instruction tuning substantially improves zero-shot performance on unseen tasks."
     assert role_of("background", own) == "result"  # the paper's own finding, whatever the model says
+    assert (
+        role_of("method", "We analyse fine-tuning in toy settings, and show that it rarely alters skills.") == "result"
+    )
 
 
 @pytest.mark.slow

@@ -86,6 +86,12 @@ def test_a_group_is_not_named_for_what_the_question_asked_in_other_letters():
     question = "What are the limitations of reinforcement learning from human feedback?"
     assert "rlhf" not in group_name(members, chosen, question).lower()  # was "Reward rlhf"
     assert "rlhf" in group_name(members, chosen, "What are the limits of alignment methods?").lower()
+    tuned = [ev("Fine-Tuning Enhances Circuits", "Fine-tuning helps."), ev("When Fine-Tuning Fails", "It fails.")]
+    assert group_name(tuned, tuned + chosen, "Does fine-tuning add capabilities?") == ""  # was "Fine-tuning"
+    said = [ev("Scaling Laws", "Results surpass GPT-3 here."), ev("Data Pruning", "Our model surpasses GPT-3.")]
+    assert (
+        group_name(said, said + chosen, "Which papers study scale?") == ""
+    )  # words of no title: was "Surpasses gpt-3"
 
 
 def test_an_overview_line_never_refers_to_a_sentence_it_does_not_show():
@@ -103,6 +109,15 @@ def test_an_overview_line_never_refers_to_a_sentence_it_does_not_show():
     assert standalone(snoopi) == snoopi
     for whole in ("In this paper, we propose FreeNoise for longer videos.", "Methods such as LoRA cut memory use."):
         assert standalone(whole) == whole
+    mechanistic = (
+        "We perform an extensive analysis of the effects of fine-tuning in these settings, and show that: (i) "
+        "fine-tuning rarely alters the underlying model capabilities; (ii) a minimal transformation, which we call a "
+        "'wrapper', is typically learned on top of the underlying model capabilities; and (iii) further fine-tuning "
+        "leads to 'revival' of the capability, i.e., the model begins reusing these capability after a few steps."
+    )
+    assert standalone(mechanistic).startswith(
+        "… show that: (i) fine-tuning rarely alters"
+    )  # "these" further on: its own
     dependents = (
         "This method halves the cost.",
         "(ii) a sampler that needs four steps.",
