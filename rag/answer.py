@@ -421,6 +421,9 @@ def overview(
         draft.asks, draft.ask_vectors, hits, searcher.papers, searcher.embed, stored, searcher.roles
     )
     chosen = select_papers(answer.question, hits, scored, stored, draft.ask_vectors[0], searcher.papers)
+    if not chosen:  # "the limitations of DPO", and no abstract states one
+        yield from refuse(draft, "no sentence of the indexed abstracts states such a limitation")
+        return
     vectors = dict(zip((ev.paper_id for ev in chosen), np.asarray(searcher.embed([ev.quote for ev in chosen]))))
     sections = group_by_approach(chosen, vectors, answer.question)
     answer.evidence = [ev for _, members in sections for ev in members]

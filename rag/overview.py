@@ -292,7 +292,9 @@ def name_patterns(question: str, texts) -> list[re.Pattern]:
 
 def select_papers(question: str, hits: list, scored: list[Evidence], vectors: dict, ask_vector, papers):
     """The relevant papers' key sentences, most relevant first (at most MAX_PAPERS); n is not yet assigned. A paper
-    that never mentions a name the question asks about ("DPO"), nor what it stands for, is not about it."""
+    that never mentions a name the question asks about ("DPO"), nor what it stands for, is not about it; for "the
+    limitations of X", a paper none of whose sentences states one does not answer (none does: [], the question is
+    refused)."""
     texts = {h.paper_id: f"{papers[h.paper_id].title}. {papers[h.paper_id].abstract}" for h in hits}
     names = name_patterns(question, texts.values())
     about = {pid for pid, text in texts.items() if any(p.search(text) for p in names)}
@@ -300,6 +302,8 @@ def select_papers(question: str, hits: list, scored: list[Evidence], vectors: di
     features = paper_features(question, hits, key, vectors, ask_vector, papers)
     # no hit mentions the name: it decides nothing
     probability = {pid: relevance(f) for pid, f in features.items() if pid in about or not about}
+    if LIMITATION_QUESTION.search(question):
+        probability = {pid: p for pid, p in probability.items() if LIMITATION.search(key[pid].quote)}
     kept = sorted((pid for pid, p in probability.items() if p >= RELEVANCE), key=lambda pid: -probability[pid])
     if not kept and probability:  # the best paper still answers, as any answer would
         kept = [max(probability, key=probability.get)]
@@ -430,9 +434,10 @@ INTRODUCED_NAME = [
 
 def short_name(title: str, sentence: str = "") -> str:
     """What a reader calls the paper: the part before a colon when it is a name ("FreeNoise: Tuning-Free ..." ->
-    "FreeNoise"), else the name its quoted `sentence` introduces ("... we propose ... (SynCoS)"), else a name-like
-    first word of the title (CamelCase, acronym), else the part before a colon of up to six words, else its first
-    words. A name-like word further into the title is not taken: "Scaling Laws for LoRA Adapters" is not LoRA."""
+    "FreeNoise"), else the name its quoted `sentence` introduces ("... we propose ... (SynCoS)"), else the part
+    before a colon of up to six words ("LoRA vs Full Fine-tuning"), else a name-like first word of the title
+    (CamelCase, acronym), else its first words. A name-like word further into the title is not taken: "Scaling Laws
+    for LoRA Adapters" is not LoRA."""
     head, colon, _ = title.partition(":")
     if colon and len(head.split()) <= 3:
         return head.strip()
@@ -440,11 +445,11 @@ def short_name(title: str, sentence: str = "") -> str:
         found = pattern.search(sentence)
         if found and found[1].rstrip("s") not in GENERIC_NAMES:
             return found[1]
+    if colon and len(head.split()) <= 6:  # "No Training, No Problem: Rethinking ..." -> "No Training, No Problem"
+        return head.strip()  # "LoRA vs Full Fine-tuning: ..." is not "LoRA"
     first = NAME_TOKEN.match(title)
     if first and first[0].rstrip("s") not in GENERIC_NAMES:
         return first[0]
-    if colon and len(head.split()) <= 6:  # "No Training, No Problem: Rethinking ..." -> "No Training, No Problem"
-        return head.strip()
     words = title.split()
     return " ".join(words[:6]) + (" …" if len(words) > 6 else "")
 

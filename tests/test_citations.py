@@ -169,6 +169,12 @@ def test_asked_kind_and_topic_words():
         "Which papers reduce the memory of the KV cache?", middling, {"reduc", "memori", "cach"}, 0.35, 0.15
     )
     assert "never mention 'KV'" in reason
+    from rag.evidence import unknown_name
+
+    assert unknown_name("KV", {"cach"}) and not unknown_name("GPUs", {"gpu"})
+    # split as BM25 splits ("SVCT2", not "SVCT"); a stopword ("NO", nitric oxide) or a number says nothing
+    assert not unknown_name("SVCT2", {"svct2"}) and not unknown_name("T6SS", {"t6ss"})
+    assert not unknown_name("NO", set()) and not unknown_name("GPT-4", {"gpt"})
 
 
 def test_followups_are_searched_with_the_previous_question():

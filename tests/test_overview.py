@@ -69,6 +69,7 @@ def test_short_names():
     focus = "Focused Large Language Models are Stable Many-Shot Learners"  # six words would cut off "Many-Shot"
     assert short_name(focus, "we propose a training-free method FocusICL, which conducts filtering") == "FocusICL"
     assert short_name("Some Title About Things", "We propose a new model that is better.") == "Some Title About Things"
+    assert short_name("LoRA vs Full Fine-tuning: An Illusion of Equivalence") == "LoRA vs Full Fine-tuning"  # not LoRA
 
 
 def test_a_group_is_not_named_for_what_the_question_asked_in_other_letters():
@@ -237,14 +238,12 @@ def test_the_names_a_question_asks_about_and_what_they_stand_for():
 @pytest.mark.slow
 def test_an_overview_of_a_named_method_keeps_only_papers_that_mention_it(bundled_index):
     """Before, "What are the limitations of DPO?" listed a data-selection paper's line about instruction-tuning data
-    and a multimodal distribution-shift paper, neither saying DPO."""
+    and a multimodal distribution-shift paper, neither saying DPO; no abstract here states a limitation of DPO."""
     assistant = Assistant(Settings(index_dir=bundled_index, llm_backend="none"))
-    answer = assistant.ask("What are the limitations of DPO?")
-    assert answer.citations
-    for c in answer.citations:
-        paper = next(p for p in assistant.searcher.papers.values() if p.title == c.title)
-        assert "DPO" in paper.title + paper.abstract or "direct preference optimization" in paper.abstract.lower()
+    answer = assistant.ask("Which papers train models with DPO?")
     lines = [line for line in answer.prose.split("\n") if line.startswith("- ")]
-    assert lines and all("DPO" in line or "direct preference optimization" in line.lower() for line in lines)
+    assert len(lines) >= 3 and all("DPO" in line or "direct preference optimization" in line.lower() for line in lines)
+    limits = assistant.ask("What are the limitations of DPO?")
+    assert limits.refused and "states such a limitation" in limits.prose
     refused = assistant.ask("What techniques reduce the memory of the KV cache?")  # the corpus never says "KV"
     assert refused.refused and "never mention 'KV'" in refused.prose
