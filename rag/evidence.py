@@ -91,6 +91,12 @@ LIMITATION = re.compile(
     r"insufficient|poor\w*|degrad\w*)\b",
     re.I,
 )
+# How something is done: the means, or the parts it is made of ("a dynamic feature reuse strategy that preserves ...").
+MEANS = re.compile(
+    r"\b(by|via|through|using|uses|leverag\w*|relies on|consists? of|contributions? include|"
+    r"(strateg(y|ies)|mechanisms?|modules?|schemes?|components?) (that|which))\b",
+    re.I,
+)
 # What a question asks for, and what a sentence that answers it holds.
 ANSWER_KINDS = [
     (QUANTITY_QUESTION, NUMBER),
@@ -103,10 +109,7 @@ ANSWER_KINDS = [
         re.compile(r"\b(outperform\w*|improv\w*|achiev\w*|surpass\w*|state-of-the-art|better|gains?)\b|\d", re.I),
     ),
     (LIMITATION_QUESTION, LIMITATION),
-    (
-        re.compile(r"\bhow (does|do|did|can|is|are)\b|\bin what way\b|\bby what\b", re.I),
-        re.compile(r"\b(by|via|through|using|uses|leverag\w*|relies on|consists? of)\b", re.I),
-    ),
+    (re.compile(r"\bhow (does|do|did|can|is|are)\b|\bin what way\b|\bby what\b", re.I), MEANS),
     (
         re.compile(r"^\s*(what (is|are)|define|what does .* mean)\b", re.I),
         re.compile(r"\b(is an?|are|refers? to|we (propose|introduce|present)|called|named)\b", re.I),
@@ -286,7 +289,9 @@ def score_sentences(
     With `roles` (the stored vectors are the role model's: rag/roles.py), each abstract sentence gets its role, and
     a background sentence counts BACKGROUND_WEIGHT of its score unless the question (part) asks for background;
     a sentence of another role the question does not want counts `off_role` of it (OFF_ROLE_WEIGHT for fact
-    questions; overview answers choose among a paper's sentences by role instead: rag/overview.py).
+    questions; overview answers choose among a paper's sentences by role instead: rag/overview.py), and so does, for
+    "how does X work?", a sentence that introduces X without saying by what means ("we present X, a framework
+    designed to ...": what X is, not how it works).
     """
     import numpy as np
 
@@ -323,6 +328,7 @@ def score_sentences(
         scores = [
             sentence_score(cosines[i], ask_terms[i], cues[i], terms, sentence, hit.rank)
             * (1.0 if counts[i] and counts[i].search(sentence) else role_weight(role, wanted[i], off_role))
+            * (off_role if cues[i] is MEANS and INTRODUCES.search(sentence) and not MEANS.search(sentence) else 1.0)
             for i in range(len(asks))
         ]
         ev = Evidence(0, hit.paper_id, paper.title, paper.url, sentence, round(scores[0], 4), hit.rank, role=role)
@@ -354,9 +360,21 @@ FINDING = re.compile(
 )
 
 
+# What is wrong with earlier work, which a paper states before its own: "However, these approaches often result in
+# suboptimal motion generation ..." (the role model takes it for a method sentence).
+PRIOR_WORK = re.compile(
+    r"^\W*(however|but|yet|unfortunately|nevertheless|nonetheless),?\s+(these|those|such|existing|previous|prior|"
+    r"current|conventional|traditional|most|many)\b",
+    re.I,
+)
+
+
 def role_of(role: str, sentence: str) -> str:
     """The role evidence scoring uses: the role model's, but "result" for a sentence that reports one (a method or
-    other sentence that reports an evaluation or a finding; any sentence stating the paper's own finding)."""
+    other sentence that reports an evaluation or a finding; any sentence stating the paper's own finding), and
+    "background" for one that says what is wrong with earlier work (PRIOR_WORK)."""
+    if PRIOR_WORK.search(sentence):
+        return "background"
     if role in ("method", "other") and REPORTS_RESULT.search(sentence) or FINDING.search(sentence):
         return "result"
     return role

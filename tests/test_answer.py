@@ -253,11 +253,22 @@ def test_a_sentence_reporting_an_evaluation_or_finding_is_a_result():
     assert (
         role_of("method", "We analyse fine-tuning in toy settings, and show that it rarely alters skills.") == "result"
     )
+    assert role_of("method", "However, these approaches often result in suboptimal motion.") == "background"
 
 
 @pytest.mark.slow
 def test_an_opening_quote_drops_a_lead_in_that_refers_to_sentences_not_shown(bundled_index):
-    answer = Assistant(Settings(index_dir=bundled_index, llm_backend="none")).ask(
-        "How does FasterCache speed up video diffusion?"
-    )
-    assert answer.opening.startswith("“… we introduce FasterCache"), answer.opening  # "Capitalizing on these …"
+    assistant = Assistant(Settings(index_dir=bundled_index, llm_backend="none"))
+    answer = assistant.ask("What does EREN do?")
+    assert answer.opening.startswith("“… we propose EREN"), answer.opening  # "Utilizing this feature, we propose …"
+
+
+@pytest.mark.slow
+def test_a_how_question_is_answered_by_how_not_by_what_the_method_is(bundled_index):
+    """Not by "Capitalizing on these observations, we introduce FasterCache to substantially accelerate ...", nor by
+    what earlier work gets wrong ("However, these approaches often result in suboptimal motion generation ...")."""
+    assistant = Assistant(Settings(index_dir=bundled_index, llm_backend="none"))
+    faster = assistant.ask("How does FasterCache accelerate video diffusion?").opening
+    assert "feature reuse strategy" in faster and "CFG-Cache" in faster, faster
+    motion = assistant.ask("How does MotionClone work?").opening
+    assert "these approaches" not in motion and "guidance" in motion, motion
