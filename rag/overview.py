@@ -171,7 +171,8 @@ def key_sentences(
     """paper id -> its key sentence: the best-scoring one that stands on its own (no connective that refers to a
     sentence not shown, no list item cut from its list) and, among those scoring nearly as well: one that says a
     name the question asks about (`names`: `name_patterns`), when one does; of a role the question wants first
-    (rag/roles.py: "what approaches ..." wants the objective or the method; "does X improve Y?" the finding); for
+    (rag/roles.py: "what approaches ..." wants the objective or the method; "does X improve Y?" the finding), or
+    stating the paper's own finding ("We find that model merging leads to ...", whatever the question); for
     "the limitations of X", one that says what fails or costs ("RLHF is complex and often unstable"), not the
     premise ("RLHF has emerged as the main paradigm ...")."""
     by_paper: dict[str, list[Evidence]] = {}
@@ -183,7 +184,11 @@ def key_sentences(
         best = sentences[0]
         alone = [ev for ev in sentences if standalone(ev.quote)]
         standing = [ev for ev in alone if ev.score >= STANDALONE_SHARE * best.score]
-        preferred = [ev for ev in alone if ev.role and ev.role in wanted[:2] and ev.score >= ROLE_SHARE * best.score]
+        preferred = [  # of a wanted role, or the paper's own finding ("We find that model merging leads to ...")
+            ev
+            for ev in alone
+            if (ev.role and ev.role in wanted[:2] or FINDING.search(ev.quote)) and ev.score >= ROLE_SHARE * best.score
+        ]
         if names:  # "the limitations of DPO": a sentence about DPO
             preferred = [ev for ev in preferred or standing if any(p.search(ev.quote) for p in names)] or preferred
             standing = [ev for ev in standing if any(p.search(ev.quote) for p in names)] or standing

@@ -10,6 +10,7 @@ import pytest
 from rag import Assistant
 from rag.answer import display
 from rag.overview import asked_names, expansions, question_kind, short_name, standalone
+from rag.roles import wanted_roles
 from rag.settings import Settings
 from tests.fakes import ScriptedLLM, SynthesisLLM, tokens
 from tests.live import PROXY, client, keyed, running
@@ -247,3 +248,22 @@ def test_an_overview_of_a_named_method_keeps_only_papers_that_mention_it(bundled
     assert limits.refused and "states such a limitation" in limits.prose
     refused = assistant.ask("What techniques reduce the memory of the KV cache?")  # the corpus never says "KV"
     assert refused.refused and "never mention 'KV'" in refused.prose
+
+
+def test_a_line_is_what_the_paper_does_or_finds_not_a_side_remark():
+    from rag.evidence import Evidence
+    from rag.overview import key_sentences
+
+    def ev(quote, score, role):
+        return Evidence(0, "p", "Fine-tuning LLMs for domain adaptation", "u", quote, score, 1, role=role)
+
+    finding = ev(
+        "We find that model merging leads to new functionalities that neither parent model had.", 0.71, "result"
+    )
+    remark = ev(
+        "Experiments with different model architectures are presented, where similar behaviors are observed.",
+        0.57,
+        "method",
+    )
+    question = "Which papers study model merging?"
+    assert key_sentences([finding, remark], wanted_roles(question), question)["p"] is finding  # was the remark
