@@ -354,8 +354,8 @@ REPORTS_RESULT = re.compile(
 # tasks" (the role model calls that one background), "Our experiments reveal that ...", "We perform an extensive
 # analysis ..., and show that: (i) fine-tuning rarely alters ...".
 FINDING = re.compile(
-    r"\b(we|our (\w+ )?(results|experiments|analys[ie]s|findings|studies)|, and) (\w+ )?(show|find|demonstrate|"
-    r"observe|reveal|discover|confirm|establish)s? that\b",
+    r"\b(we|our (\w+ )?(results|experiments|analys[ie]s|findings|studies)|, and) (\w+ )?(?P<verb>show|find|"
+    r"demonstrate|observe|reveal|discover|confirm|establish)s? that\b",
     re.I,
 )
 

@@ -223,7 +223,7 @@ def standalone(quote: str) -> str:
     if not refers_back(shown):
         return shown
     finding = FINDING.search(quote)
-    shown = f"… {quote[finding.start(5) :]}" if finding else ""
+    shown = f"… {quote[finding.start('verb') :]}" if finding else ""
     return shown if len(shown.split()) > 6 and not refers_back(shown) else ""
 
 
@@ -298,7 +298,7 @@ def name_patterns(question: str, texts) -> list[re.Pattern]:
 def select_papers(question: str, hits: list, scored: list[Evidence], vectors: dict, ask_vector, papers):
     """The relevant papers' key sentences, most relevant first (at most MAX_PAPERS); n is not yet assigned. A paper
     that never mentions a name the question asks about ("DPO"), nor what it stands for, is not about it; for "the
-    limitations of X", a paper none of whose sentences states one does not answer (none does: [], the question is
+    limitations of X", a paper whose line states none does not answer (no paper's does: [], and the question is
     refused)."""
     texts = {h.paper_id: f"{papers[h.paper_id].title}. {papers[h.paper_id].abstract}" for h in hits}
     names = name_patterns(question, texts.values())
@@ -356,7 +356,7 @@ def terms_as_written(text: str) -> dict[str, str]:
 
 def group_name(members: list[Evidence], chosen: list[Evidence], question: str) -> str:
     """The words most of the group's titles share (else its titles and key sentences, a word of one title at least:
-    "Surpasses gpt-3" and "Harry potter" named groups from their sentences alone) and the overview's other papers do
+    "Surpasses gpt-3" and "Challenge" named groups from their sentences alone) and the overview's other papers do
     not use, the question's own words left out: the two most distinctive, in the order the first title has them; ""
     when no word qualifies."""
     asked = content_terms(question) | set(stems(acronyms(question)))
