@@ -325,10 +325,11 @@ def score_sentences(
     for (hit, paper, sentence), cosines, role in zip(rows, meaning.tolist(), kinds):
         role = role_of(role, sentence) if roles else ""
         terms = content_terms(sentence) | title_terms[hit.paper_id]
+        names_only = bool(INTRODUCES.search(sentence)) and not MEANS.search(sentence)  # what X is, not how it works
         scores = [
             sentence_score(cosines[i], ask_terms[i], cues[i], terms, sentence, hit.rank)
             * (1.0 if counts[i] and counts[i].search(sentence) else role_weight(role, wanted[i], off_role))
-            * (off_role if cues[i] is MEANS and INTRODUCES.search(sentence) and not MEANS.search(sentence) else 1.0)
+            * (off_role if cues[i] is MEANS and names_only else 1.0)
             for i in range(len(asks))
         ]
         ev = Evidence(0, hit.paper_id, paper.title, paper.url, sentence, round(scores[0], 4), hit.rank, role=role)

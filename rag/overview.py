@@ -190,8 +190,9 @@ def key_sentences(
             if (ev.role and ev.role in wanted[:2] or FINDING.search(ev.quote)) and ev.score >= ROLE_SHARE * best.score
         ]
         if names:  # "the limitations of DPO": a sentence about DPO
-            preferred = [ev for ev in preferred or standing if any(p.search(ev.quote) for p in names)] or preferred
-            standing = [ev for ev in standing if any(p.search(ev.quote) for p in names)] or standing
+            about = [ev for ev in alone if any(p.search(ev.quote) for p in names)]
+            preferred = [ev for ev in preferred or standing if ev in about] or preferred
+            standing = [ev for ev in standing if ev in about] or standing
         if {"objective", "method"} & set(wanted[:2]):  # what a paper does: the sentence that says what it proposes
             preferred = [ev for ev in preferred or standing if INTRODUCES.search(ev.quote)] or preferred
         if wanted[:1] == ("result",):  # what was found: the sentence stating the paper's finding ("we show that ...")
